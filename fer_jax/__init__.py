@@ -1,0 +1,1 @@
+"""fer_jax: a JAX/Flax trainer for facial expression recognition."""
