@@ -1,0 +1,20 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+# The research-only real data lives beside the checkout (../shared/data), never inside it.
+REAL_DATA = pathlib.Path(os.environ.get(
+    "FER_JAX_REAL_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture
+def real_data() -> pathlib.Path:
+  """Path to ../shared/data; skips the test when it is absent."""
+  if not (REAL_DATA / "README.md").exists():
+    pytest.skip(f"real data not found at {REAL_DATA}")
+  return REAL_DATA
