@@ -1,0 +1,135 @@
+"""Every config field fer_jax reads, with its default, and the start-up check of values.
+
+configs/*.py start from `base_config()` and change what they need, so a field
+misspelt in a config file or on the command line (`--config.lerning_rate=…`)
+fails at start-up instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from fer_jax import models
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "warmup_cosine", "step", "plateau")
+DTYPES = ("float32", "bfloat16")
+NORMALIZATIONS = ("unit", "standardize")
+CLASS_WEIGHTS = ("none", "balanced")
+TTA_VIEWS = ("flip", "ten_crop")
+EVAL_SPLITS = ("train", "validation", "test")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All fields with neutral defaults; configs/*.py override them."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "synthetic_faces"        # tfds builder: synthetic_faces, fer2013, expw.
+  c.data.config = ""                     # Builder config, e.g. "rgb96" for expw; "" = the builder's first.
+  c.data.data_dir = ""                   # "" = $TFDS_DATA_DIR or ~/tensorflow_datasets.
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"       # What the trainer validates on (model selection).
+  c.data.num_workers = 0                 # grain worker processes; 0 reads in the training process.
+  c.data.prefetch = 2                    # Batches buffered ahead of the training step.
+  c.data.normalization = "unit"          # unit: [0, 1]; standardize: per-dataset mean/std.
+  c.data.augment = ml_collections.ConfigDict()
+  c.data.augment.enabled = True
+  c.data.augment.rotation_deg = 10.0
+  c.data.augment.shift = 0.1
+  c.data.augment.zoom = 0.1
+  c.data.augment.hflip = True
+  c.data.augment.crop_size = 0           # 0 = none; else random crop in training, centre/ten-crop at eval.
+  c.data.augment.crop_padding = 0        # Pad-and-crop back to full size (pixels); 0 = off.
+  c.data.augment.erasing_prob = 0.0
+  c.data.augment.erasing_area = (0.02, 0.2)
+  c.data.augment.erasing_aspect = (0.3, 3.3)
+
+  c.model = "cnn"                        # A key of fer_jax.models.MODELS.
+  c.model_kwargs = ml_collections.ConfigDict()
+  c.dtype = "float32"                    # Compute dtype; parameters stay float32.
+
+  c.batch_size = 64                      # Global, across all devices and hosts.
+  c.eval_batch_size = 256
+  c.num_epochs = 10.0
+  c.num_train_steps = -1                 # > 0 overrides num_epochs.
+
+  c.optimizer = "adam"
+  c.learning_rate = 1e-3
+  c.momentum = 0.9                       # sgd only.
+  c.nesterov = True                      # sgd only.
+  c.weight_decay = 0.0                   # Decoupled for adamw; L2 added to gradients for adam/sgd.
+  c.grad_clip_norm = 0.0                 # 0 = off.
+  c.schedule = "constant"
+  c.warmup_epochs = 0.0
+  c.step_every_epochs = 30.0             # schedule=step: multiply by step_factor every this many epochs.
+  c.step_factor = 0.1
+  c.plateau_patience_epochs = 5          # schedule=plateau: epochs without train-loss gain before decay.
+  c.plateau_factor = 0.5
+  c.label_smoothing = 0.0
+  c.class_weights = "none"               # balanced: weight classes by inverse train frequency.
+
+  c.log_every_steps = 50
+  c.eval_every_steps = 500               # Validation inside the training job; also at each checkpoint.
+  c.checkpoint_every_steps = 500
+  c.keep_checkpoints = 2                 # Latest N kept ...
+  c.keep_best_checkpoints = 1            # ... plus the best N by validation accuracy.
+  c.smoke_test = False                   # Shrinks the run to a few steps to check the plumbing.
+
+  # The separate evaluation job (--mode=eval).
+  c.eval = ml_collections.ConfigDict()
+  c.eval.split = "validation"            # "test" only when asked for: select models on validation.
+  c.eval.tta = ""                        # Comma-separated extra views: flip, ten_crop.
+  c.eval.poll_every_s = 10.0
+  c.eval.idle_timeout_s = 600.0          # Exit after this long with no new checkpoint.
+  c.lock()  # A misspelt field in a config file raises instead of adding a new, unread one ...
+  c.model_kwargs.unlock()  # ... except the model's keyword arguments, which depend on the model.
+  return c
+
+
+def _fail(field: str, value: Any, allowed: str) -> None:
+  raise ValueError(f"config.{field}={value!r} is not allowed: {allowed}.")
+
+
+def tta_views(config: ml_collections.ConfigDict) -> list[str]:
+  """The evaluation job's extra test-time-augmentation views, in order."""
+  return [v.strip() for v in config.eval.tta.split(",") if v.strip()]
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_count: int = 1) -> None:
+  """Raises ValueError naming the field, its value and what is allowed, before any compute."""
+  choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "dtype": DTYPES,
+             "data.normalization": NORMALIZATIONS, "class_weights": CLASS_WEIGHTS,
+             "eval.split": EVAL_SPLITS, "model": tuple(models.MODELS)}
+  for field, allowed in choices.items():
+    value = config
+    for part in field.split("."):
+      value = value[part]
+    if value not in allowed:
+      _fail(field, value, "one of " + ", ".join(allowed))
+  for view in tta_views(config):
+    if view not in TTA_VIEWS:
+      _fail("eval.tta", config.eval.tta, "comma-separated views from " + ", ".join(TTA_VIEWS))
+  if "ten_crop" in tta_views(config) and not config.data.augment.crop_size:
+    _fail("eval.tta", config.eval.tta, "ten_crop needs data.augment.crop_size > 0 (the crop the model was trained on)")
+  positive = ["batch_size", "eval_batch_size", "learning_rate", "log_every_steps", "eval_every_steps",
+              "checkpoint_every_steps", "keep_checkpoints"]
+  for field in positive:
+    if not config[field] > 0:
+      _fail(field, config[field], "must be > 0")
+  if config.num_train_steps <= 0 and not config.num_epochs > 0:
+    _fail("num_epochs", config.num_epochs, "must be > 0 when num_train_steps is not set")
+  if config.data.num_workers < 0:
+    _fail("data.num_workers", config.data.num_workers, "must be >= 0")
+  for field in ("label_smoothing",):
+    if not 0.0 <= config[field] < 1.0:
+      _fail(field, config[field], "must be in [0, 1)")
+  for field in ("batch_size", "eval_batch_size"):
+    if config[field] % num_devices:
+      _fail(field, config[field], f"must divide evenly over the {num_devices} devices; "
+            f"use a multiple of {num_devices}, e.g. {max(1, config[field] // num_devices) * num_devices}")
+    if config[field] % process_count:
+      _fail(field, config[field], f"must divide evenly over the {process_count} processes")

@@ -1,0 +1,129 @@
+"""The separate evaluation job: scores each new finalized checkpoint of a training workdir once.
+
+Runs beside the trainer (`--mode=eval`), polling WORKDIR/checkpoints. Orbax
+only exposes finalized steps (a save in progress lives in a temporary
+directory), so a partial checkpoint is never read. Each evaluated step gets
+WORKDIR/eval/<split>/step_<N>/{metrics.json,confusion_matrix.png} and
+TensorBoard events in WORKDIR/eval/<split>; the steps done are recorded in
+evaluated.json there, so a restarted job never scores a step twice. The job
+exits after the final training step or after `eval.idle_timeout_s` without a
+new checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from fer_jax import checkpointing, config_schema, evaluation, input_pipeline, parallel, tensorboard_writer, train
+
+
+def eval_dir(workdir: str, split: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "eval", split)
+
+
+def _load_done(path: str) -> set[int]:
+  if not os.path.exists(path):
+    return set()
+  with open(path) as f:
+    return set(json.load(f)["evaluated_steps"])
+
+
+def _save_done(path: str, done: set[int]) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump({"evaluated_steps": sorted(done)}, f)
+  os.replace(tmp, path)
+
+
+class CheckpointEvaluator:
+  """Restores a checkpoint's state onto this machine's mesh and scores it with every configured view."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    # The trainer's own Trainer holds the model, mesh and the abstract state we restore onto.
+    self.trainer = train.Trainer(config, workdir)
+    self.config = config
+    self.split = config.eval.split
+    self.views = ["plain", *config_schema.tta_views(config)]
+
+  def evaluate(self, manager: Any, step: int) -> dict[str, Any]:
+    state = checkpointing.restore(manager, step, self.trainer.abstract_state)
+    variables = train.model_variables(state)
+    info = self.trainer.info
+    report: dict[str, Any] = {"step": step, "split": self.split, "dataset": self.config.data.name}
+    for view in self.views:
+      batches = input_pipeline.create_eval_dataset(self.config, self.split, process_index=jax.process_index(),
+                                                   process_count=jax.process_count())
+      confusion, loss = self.trainer.evaluator.confusion(variables, batches, view)
+      report[view] = {"loss": loss, **evaluation.classification_metrics(confusion, list(info.class_names))}
+    return report
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, idle_timeout_s: float | None = None) -> list[int]:
+  """Evaluates new checkpoints until the final step is done or none came for the idle timeout.
+
+  Returns the steps evaluated by this call.
+  """
+  idle_timeout_s = config.eval.idle_timeout_s if idle_timeout_s is None else idle_timeout_s
+  evaluator = CheckpointEvaluator(config, workdir)
+  final_step = evaluator.trainer.total_steps
+  out_dir = eval_dir(workdir, evaluator.split)
+  os.makedirs(out_dir, exist_ok=True)
+  done_path = os.path.join(out_dir, "evaluated.json")
+  done = _load_done(done_path)
+  writer = tensorboard_writer.create_writer(out_dir, just_logging=jax.process_index() > 0)
+  evaluated: list[int] = []
+  last_progress = time.monotonic()
+  manager = None
+  while True:
+    if manager is None and os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+      manager = checkpointing.create_manager(workdir, read_only=True)
+    steps = []
+    if manager is not None:
+      manager.reload()
+      steps = sorted(s for s in manager.all_steps() if s not in done)
+    for step in steps:
+      try:
+        report = evaluator.evaluate(manager, step)
+      except (FileNotFoundError, ValueError) as e:  # Deleted by the trainer's retention policy meanwhile.
+        logging.warning("Skipping checkpoint %d: it could not be read (%s).", step, e)
+        continue
+      scalars = {}
+      for view in evaluator.views:
+        m = report[view]
+        suffix = "" if view == "plain" else f"_{view}"
+        scalars.update({f"accuracy{suffix}": m["accuracy"], f"macro_f1{suffix}": m["macro_f1"],
+                        f"loss{suffix}": m["loss"]})
+        if view == "plain":
+          scalars.update({f"f1/{name}": v["f1"] for name, v in m["per_class"].items()})
+      image = evaluation.confusion_matrix_image(
+          np.asarray(report["plain"]["confusion_matrix"]), list(evaluator.trainer.info.class_names),
+          f"{config.data.name} {evaluator.split}, step {step}: accuracy {report['plain']['accuracy']:.3f}")
+      if jax.process_index() == 0:
+        step_dir = os.path.join(out_dir, f"step_{step}")
+        evaluation.write_report(step_dir, report, image)
+        writer.write_scalars(step, scalars)
+        writer.write_images(step, {"confusion_matrix": image})
+        writer.flush()
+        logging.info("Evaluated step %d on %s: %s -> %s", step, evaluator.split,
+                     ", ".join(f"{k} {v:.4f}" for k, v in scalars.items() if "/" not in k), step_dir)
+      done.add(step)
+      evaluated.append(step)
+      if jax.process_index() == 0:
+        _save_done(done_path, done)
+      last_progress = time.monotonic()
+    if final_step in done:
+      break
+    if time.monotonic() - last_progress > idle_timeout_s:
+      logging.info("No new checkpoint in %.0f s; the evaluation job stops.", idle_timeout_s)
+      break
+    time.sleep(config.eval.poll_every_s)
+  writer.close()
+  return evaluated

@@ -1,0 +1,152 @@
+"""Scoring a model on a split: test-time-augmentation views, confusion matrix, per-class metrics.
+
+Views are small plug-ins chosen by config (`eval.tta`): each maps a batch of
+full-size images to the list of model inputs whose softmax outputs are averaged.
+The confusion matrix is summed inside the jitted step, so it is already the
+global one on every host.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any, Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fer_jax import parallel
+
+View = Callable[[jnp.ndarray, int], list[jnp.ndarray]]
+
+
+def _center_crop(images: jnp.ndarray, size: int) -> jnp.ndarray:
+  if not size:
+    return images
+  h, w = images.shape[1:3]
+  top, left = (h - size) // 2, (w - size) // 2
+  return images[:, top:top + size, left:left + size]
+
+
+def plain_view(images: jnp.ndarray, crop_size: int) -> list[jnp.ndarray]:
+  """The model input as in training, centre-cropped when training used random crops."""
+  return [_center_crop(images, crop_size)]
+
+
+def flip_view(images: jnp.ndarray, crop_size: int) -> list[jnp.ndarray]:
+  """Plain and horizontally mirrored."""
+  x = _center_crop(images, crop_size)
+  return [x, x[:, :, ::-1]]
+
+
+def ten_crop_view(images: jnp.ndarray, crop_size: int) -> list[jnp.ndarray]:
+  """Four corner crops and the centre crop, each also mirrored."""
+  h, w = images.shape[1:3]
+  s = crop_size
+  crops = [images[:, :s, :s], images[:, :s, w - s:], images[:, h - s:, :s], images[:, h - s:, w - s:],
+           _center_crop(images, s)]
+  return crops + [c[:, :, ::-1] for c in crops]
+
+
+VIEWS: dict[str, View] = {"plain": plain_view, "flip": flip_view, "ten_crop": ten_crop_view}
+
+
+def eval_step(variables: Any, batch: dict[str, jnp.ndarray], *, apply_fn: Callable, view: str,
+              crop_size: int, num_classes: int) -> dict[str, jnp.ndarray]:
+  """Summed loss, count and confusion matrix (rows: true label, columns: prediction) of a batch."""
+  inputs = VIEWS[view](batch["image"], crop_size)
+  probs = jnp.mean(jnp.stack([jax.nn.softmax(apply_fn(variables, x, train=False)) for x in inputs]), axis=0)
+  labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
+  nll = -jnp.log(jnp.take_along_axis(probs, labels[:, None], axis=1)[:, 0] + 1e-12)
+  predictions = jnp.argmax(probs, axis=-1)
+  confusion = jnp.zeros((num_classes, num_classes), jnp.float32).at[labels, predictions].add(mask)
+  return {"loss_sum": jnp.sum(nll * mask), "count": jnp.sum(mask), "confusion": confusion}
+
+
+class Evaluator:
+  """Runs one view over an eval dataset with a jitted, data-parallel step."""
+
+  def __init__(self, apply_fn: Callable, mesh: jax.sharding.Mesh, *, num_classes: int, crop_size: int):
+    self.mesh = mesh
+    self.num_classes = num_classes
+    self._steps = {
+        view: jax.jit(functools.partial(eval_step, apply_fn=apply_fn, view=view, crop_size=crop_size,
+                                        num_classes=num_classes),
+                      out_shardings=parallel.replicated(mesh))
+        for view in VIEWS}
+
+  def confusion(self, variables: Any, batches: Iterable[dict[str, np.ndarray]], view: str = "plain"
+                ) -> tuple[np.ndarray, float]:
+    """Confusion matrix and mean loss over every (unmasked) example of `batches`."""
+    step = self._steps[view]
+    totals = None
+    for batch in batches:
+      out = step(variables, parallel.global_batch(batch, self.mesh))
+      totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+    totals = parallel.to_host(totals)
+    return totals["confusion"], float(totals["loss_sum"] / max(totals["count"], 1.0))
+
+
+def classification_metrics(confusion: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+  """Accuracy, per-class precision/recall/F1 and macro-F1 from a confusion matrix."""
+  confusion = np.asarray(confusion, np.float64)
+  true_positive = np.diag(confusion)
+  support = confusion.sum(axis=1)
+  predicted = confusion.sum(axis=0)
+  precision = np.divide(true_positive, predicted, out=np.zeros_like(true_positive), where=predicted > 0)
+  recall = np.divide(true_positive, support, out=np.zeros_like(true_positive), where=support > 0)
+  denom = precision + recall
+  f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
+  total = confusion.sum()
+  present = support > 0  # Macro-F1 over the classes the split holds.
+  return {
+      "accuracy": float(true_positive.sum() / total) if total else 0.0,
+      "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+      "num_examples": int(total),
+      "per_class": {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+                    for name, p, r, f, s in zip(class_names, precision, recall, f1, support)},
+      "confusion_matrix": confusion.astype(np.int64).tolist(),
+  }
+
+
+def confusion_matrix_image(confusion: np.ndarray, class_names: list[str], title: str) -> np.ndarray:
+  """The confusion matrix drawn as an RGB uint8 image (row-normalised colours, raw counts)."""
+  import matplotlib  # Imported lazily: only the evaluation job draws.
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+
+  confusion = np.asarray(confusion)
+  rows = confusion.sum(axis=1, keepdims=True)
+  normalised = np.divide(confusion, rows, out=np.zeros(confusion.shape), where=rows > 0)
+  fig, ax = plt.subplots(figsize=(6, 5.4), dpi=100)
+  ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+  ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+  ax.set_yticks(range(len(class_names)), class_names)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  ax.set_title(title)
+  for i in range(confusion.shape[0]):
+    for j in range(confusion.shape[1]):
+      ax.text(j, i, f"{int(confusion[i, j])}", ha="center", va="center", fontsize=8,
+              color="white" if normalised[i, j] > 0.5 else "black")
+  fig.tight_layout()
+  fig.canvas.draw()
+  image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+  plt.close(fig)
+  return image
+
+
+def write_report(directory: str, metrics: dict[str, Any], image: np.ndarray) -> None:
+  """metrics.json and confusion_matrix.png, written atomically (tmp + rename)."""
+  from PIL import Image
+
+  os.makedirs(directory, exist_ok=True)
+  tmp = os.path.join(directory, ".metrics.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(metrics, f, indent=2, sort_keys=True)
+  os.replace(tmp, os.path.join(directory, "metrics.json"))
+  tmp_png = os.path.join(directory, ".confusion_matrix.png.tmp")
+  Image.fromarray(image).save(tmp_png, format="PNG")
+  os.replace(tmp_png, os.path.join(directory, "confusion_matrix.png"))

@@ -1,0 +1,207 @@
+"""Training: a jit-compiled, data-parallel step over a device mesh, with validation and checkpoints.
+
+Reads top to bottom: data -> model and optimizer -> state (fresh or resumed) ->
+jitted step -> loop with logging, validation and asynchronous checkpoints.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metrics as clu_metrics
+from flax.training import train_state
+
+from fer_jax import checkpointing, config_schema, evaluation, input_pipeline, models, optimizers, parallel
+from fer_jax import tensorboard_writer
+
+
+class TrainState(train_state.TrainState):
+  """Parameters, optimizer state and step, plus batch-norm statistics (empty for models without BN)."""
+  batch_stats: Any = None
+
+
+@flax.struct.dataclass
+class TrainMetrics(clu_metrics.Collection):
+  loss: clu_metrics.Average.from_output("loss")
+  accuracy: clu_metrics.Accuracy
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+  return models.create_model(config.model, num_classes=num_classes, dtype=dtype, **config.model_kwargs.to_dict())
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, ...],
+                       seed: int) -> TrainState:
+  variables = model.init({"params": jax.random.key(seed)}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                           batch_stats=variables.get("batch_stats", {}))
+
+
+def model_variables(state: TrainState) -> dict[str, Any]:
+  """What `model.apply` needs for inference."""
+  return {"params": state.params, "batch_stats": state.batch_stats} if state.batch_stats else {"params": state.params}
+
+
+def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, *, label_smoothing: float,
+                  class_weights: jnp.ndarray | None) -> jnp.ndarray:
+  """Mean (optionally class-weighted, as in PyTorch) softmax cross-entropy with label smoothing."""
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  losses = optax.softmax_cross_entropy(logits, targets)
+  if class_weights is None:
+    return jnp.mean(losses)
+  weights = class_weights[labels]
+  return jnp.sum(losses * weights) / jnp.sum(weights)
+
+
+def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, base_key: jax.Array,
+               label_smoothing: float, class_weights: jnp.ndarray | None) -> tuple[TrainState, TrainMetrics]:
+  """One optimizer step on a global batch; dropout randomness is fold_in(seed, step)."""
+  dropout_key = jax.random.fold_in(base_key, state.step)
+  has_bn = bool(state.batch_stats)
+
+  def loss_fn(params):
+    variables = {"params": params, "batch_stats": state.batch_stats} if has_bn else {"params": params}
+    logits, updates = state.apply_fn(variables, batch["image"], train=True, rngs={"dropout": dropout_key},
+                                     mutable=["batch_stats"] if has_bn else [])
+    loss = cross_entropy(logits, batch["label"], label_smoothing=label_smoothing, class_weights=class_weights)
+    return loss, (logits, updates)
+
+  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  param_updates, opt_state = state.tx.update(grads, state.opt_state, state.params, value=loss)
+  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, param_updates),
+                            opt_state=opt_state, batch_stats=updates["batch_stats"] if has_bn else state.batch_stats)
+  metrics = TrainMetrics.gather_from_model_output(loss=loss, logits=logits, labels=batch["label"])
+  return new_state, metrics
+
+
+def balanced_class_weights(label_counts: np.ndarray) -> np.ndarray:
+  """Inverse-frequency weights normalised to mean 1 over present classes (absent classes get 0)."""
+  counts = np.asarray(label_counts, np.float64)
+  weights = np.divide(counts.sum() / max((counts > 0).sum(), 1), counts, out=np.zeros_like(counts), where=counts > 0)
+  return weights.astype(np.float32)
+
+
+def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  if config.smoke_test:
+    return 6
+  if config.num_train_steps > 0:
+    return int(config.num_train_steps)
+  return max(1, int(math.ceil(config.num_epochs * steps_per_epoch)))
+
+
+class Trainer:
+  """Everything a run needs, built once from the config; `train()` runs the loop."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    config_schema.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
+    self.config = config
+    self.workdir = workdir
+    self.mesh = parallel.create_mesh()
+    input_pipeline.ensure_built(config)
+    self.info = input_pipeline.dataset_info(config)
+    self.steps_per_epoch = max(1, self.info.num_examples[config.data.train_split] // config.batch_size)
+    self.total_steps = total_train_steps(config, self.steps_per_epoch)
+    self.model = create_model(config, self.info.num_classes)
+    self.schedule = optimizers.create_schedule(config, self.steps_per_epoch, self.total_steps)
+    tx = optimizers.create_optimizer(config, self.schedule, self.steps_per_epoch)
+    self.replicated = parallel.replicated(self.mesh)
+    init = functools.partial(create_train_state, self.model, tx, self.info.image_shape, config.seed)
+    self.abstract_state = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), jax.eval_shape(init))
+    self._init_state = jax.jit(init, out_shardings=self.replicated)
+    class_weights = None
+    if config.class_weights == "balanced":
+      class_weights = jnp.asarray(balanced_class_weights(input_pipeline.label_counts(config)))
+    self.train_step = jax.jit(
+        functools.partial(train_step, base_key=jax.random.key(config.seed), label_smoothing=config.label_smoothing,
+                          class_weights=class_weights),
+        in_shardings=(self.replicated, parallel.data_sharding(self.mesh)),
+        out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+    self.evaluator = evaluation.Evaluator(self.model.apply, self.mesh, num_classes=self.info.num_classes,
+                                          crop_size=config.data.augment.crop_size)
+
+  def validate(self, state: TrainState) -> dict[str, float]:
+    eval_ds = input_pipeline.create_eval_dataset(self.config, self.config.data.eval_split,
+                                                 process_index=jax.process_index(),
+                                                 process_count=jax.process_count())
+    confusion, loss = self.evaluator.confusion(model_variables(state), eval_ds)
+    accuracy = float(np.trace(confusion) / max(confusion.sum(), 1))
+    return {"val_loss": loss, checkpointing.VAL_ACCURACY: accuracy}
+
+  def train(self) -> dict[str, float]:
+    """Trains to `total_steps`, resuming from the latest checkpoint in the workdir; returns last metrics."""
+    config, workdir = self.config, self.workdir
+    writer = tensorboard_writer.create_writer(workdir, just_logging=jax.process_index() > 0)
+    manager = checkpointing.create_manager(workdir, config)
+    train_iter = iter(input_pipeline.create_train_dataset(
+        config, process_index=jax.process_index(), process_count=jax.process_count()))
+    latest = manager.latest_step()
+    if latest is not None:
+      state = checkpointing.restore(manager, latest, self.abstract_state, train_iter)
+      logging.info("Resumed from %s at step %d.", checkpointing.checkpoint_dir(workdir), latest)
+    else:
+      state = self._init_state()
+      writer.write_hparams(config.to_dict())
+    step = int(jax.device_get(state.step))
+    if step == 0:
+      num_params = sum(x.size for x in jax.tree.leaves(state.params))
+      logging.info("Model %s: %s parameters; %d steps (%d per epoch) at global batch %d on %d device(s).",
+                   config.model, f"{num_params:,}", self.total_steps, self.steps_per_epoch, config.batch_size,
+                   jax.device_count())
+
+    last: dict[str, float] = {}
+    window: list[TrainMetrics] = []
+    window_start, window_steps = time.perf_counter(), 0
+    while step < self.total_steps:
+      batch = parallel.global_batch(next(train_iter), self.mesh)
+      state, step_metrics = self.train_step(state, batch)
+      window.append(step_metrics)
+      step += 1
+      window_steps += 1
+      is_last = step == self.total_steps
+      if step % config.log_every_steps == 0 or is_last:
+        summary = functools.reduce(lambda a, b: a.merge(b), window).compute()
+        elapsed = time.perf_counter() - window_start
+        scale = float(jax.device_get(optimizers.plateau_scale(state.opt_state)))
+        last = {"train_loss": float(summary["loss"]), "train_accuracy": float(summary["accuracy"]),
+                "learning_rate": float(self.schedule(step)) * scale,
+                "images_per_sec": window_steps * config.batch_size / elapsed,
+                "step_time_ms": 1000 * elapsed / window_steps}
+        writer.write_scalars(step, last)
+        eta = (self.total_steps - step) * elapsed / window_steps
+        logging.info("step %d/%d (epoch %.2f) loss %.4f acc %.3f lr %.2e %.0f img/s ETA %s", step,
+                     self.total_steps, step / self.steps_per_epoch, last["train_loss"], last["train_accuracy"],
+                     last["learning_rate"], last["images_per_sec"], time.strftime("%H:%M:%S", time.gmtime(eta)))
+        window, window_start, window_steps = [], time.perf_counter(), 0
+      save_now = step % config.checkpoint_every_steps == 0 or is_last
+      if step % config.eval_every_steps == 0 or save_now:
+        val = self.validate(state)
+        writer.write_scalars(step, val)
+        last.update(val)
+        logging.info("step %d validation (%s): loss %.4f accuracy %.4f", step, config.data.eval_split,
+                     val["val_loss"], val[checkpointing.VAL_ACCURACY])
+        window_start = time.perf_counter()  # Validation time is not training throughput.
+      if save_now:
+        checkpointing.save(manager, step, state, train_iter, metrics=val)
+    manager.wait_until_finished()
+    manager.close()
+    writer.flush()
+    writer.close()
+    return last
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Builds the trainer from `config` and trains in `workdir` (resuming if it holds checkpoints)."""
+  return Trainer(config, workdir).train()

@@ -1,0 +1,58 @@
+"""Every shipped config loads and validates; bad values fail naming the field."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from fer_jax import config_schema
+
+CONFIGS = sorted((pathlib.Path(__file__).parents[1] / "configs").glob("*.py"))
+
+
+def load(path):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_shipped_configs_validate(path):
+  config = load(path)
+  config_schema.validate(config, num_devices=1)
+  assert path.read_text().lstrip().startswith('"""'), "each config says what it is for"
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("optimizer", "adm", "config.optimizer='adm'.*adam, adamw, sgd"),
+    ("schedule", "linear", "config.schedule='linear'"),
+    ("model", "alexnet", "config.model='alexnet'"),
+    ("batch_size", 0, "config.batch_size=0.*> 0"),
+    ("batch_size", 30, "config.batch_size=30.*8 devices.*24"),
+    ("label_smoothing", 1.5, "label_smoothing"),
+])
+def test_bad_values_name_the_field(field, value, message):
+  config = load(CONFIGS[0])
+  config[field] = value
+  with pytest.raises(ValueError, match=message):
+    config_schema.validate(config, num_devices=8)
+
+
+def test_ten_crop_needs_a_crop_size():
+  config = load(CONFIGS[0])
+  config.eval.tta = "flip,ten_crop"
+  with pytest.raises(ValueError, match="ten_crop needs data.augment.crop_size"):
+    config_schema.validate(config, num_devices=1)
+  config.eval.tta = "flop"
+  with pytest.raises(ValueError, match="config.eval.tta='flop'"):
+    config_schema.validate(config, num_devices=1)
+
+
+def test_unknown_field_is_rejected():
+  config = load(CONFIGS[0])
+  with pytest.raises(AttributeError, match="lerning_rate"):
+    config.lerning_rate = 1.0
+  with pytest.raises(AttributeError, match="rotation"):
+    config.data.augment.rotation = 5.0
+  config.model_kwargs.conv_features = (8,)  # free-form: depends on the model
