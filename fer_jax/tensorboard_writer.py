@@ -1,7 +1,10 @@
-"""A clu MetricWriter that writes TensorBoard event files without TensorFlow.
+"""Metric writer: console log lines plus TensorBoard event files, without TensorFlow.
 
-clu's own SummaryWriter imports TensorFlow and its torch writer imports torch;
-neither is a dependency of fer_jax, so events are written with tensorboardX.
+clu's `metric_writers` package imports TensorFlow when imported (clu 0.0.12),
+and TensorFlow is not a dependency of fer_jax. This writer keeps clu's
+MetricWriter method names (write_scalars, write_images, write_texts,
+write_hparams, flush, close) and writes events with tensorboardX, which
+flushes from its own background thread so the training loop does not wait.
 """
 
 from __future__ import annotations
@@ -9,63 +12,64 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import numpy as np
-import tensorboardX
-from clu import metric_writers
-from clu.metric_writers import interface
+from absl import logging
 
 
-class TensorboardXWriter(interface.MetricWriter):
-  """Scalars, images, texts, histograms and hparams as TensorBoard events."""
+class MetricWriter:
+  """Logs scalars; on the writing process also records them as TensorBoard events in `logdir`."""
 
-  def __init__(self, logdir: str):
-    self._writer = tensorboardX.SummaryWriter(logdir=logdir, flush_secs=10)
+  def __init__(self, logdir: str | None, *, just_logging: bool = False):
+    self._events = None
+    if logdir is not None and not just_logging:
+      import tensorboardX  # Only the writing process needs it.
+      self._events = tensorboardX.SummaryWriter(logdir=logdir, flush_secs=10)
 
-  def write_summaries(self, step: int, values: Mapping[str, Any],
-                      metadata: Mapping[str, Any] | None = None):
-    del metadata
-    self.write_scalars(step, {k: v for k, v in values.items() if np.ndim(v) == 0})
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    logging.info("[%d] %s", step, ", ".join(f"{k}={float(v):.6g}" for k, v in scalars.items()))
+    if self._events is not None:
+      for key, value in scalars.items():
+        self._events.add_scalar(key, float(value), global_step=step)
 
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-    for key, value in scalars.items():
-      self._writer.add_scalar(key, float(value), global_step=step)
-
-  def write_images(self, step: int, images: Mapping[str, Any]):
+  def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+    """Images [H, W, C] or [N, H, W, C], uint8 or float in [0, 1]."""
+    if self._events is None:
+      return
     for key, value in images.items():
       value = np.asarray(value)
       if value.ndim == 4:
-        self._writer.add_images(key, value, global_step=step, dataformats="NHWC")
+        self._events.add_images(key, value, global_step=step, dataformats="NHWC")
       else:
-        self._writer.add_image(key, value, global_step=step, dataformats="HWC")
+        self._events.add_image(key, value, global_step=step, dataformats="HWC")
 
-  def write_videos(self, step: int, videos: Mapping[str, Any]):
-    del step, videos  # Not used by fer_jax.
+  def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+    if self._events is not None:
+      for key, value in texts.items():
+        self._events.add_text(key, value, global_step=step)
 
-  def write_audios(self, step: int, audios: Mapping[str, Any], *, sample_rate: int):
-    del step, audios, sample_rate  # Not used by fer_jax.
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    """The run's config, flattened, as one text summary (readable in TensorBoard's Text tab)."""
+    lines = [f"    {k}: {v}" for k, v in sorted(_flatten(hparams).items())]
+    self.write_texts(0, {"config": "\n".join(lines)})
 
-  def write_texts(self, step: int, texts: Mapping[str, str]):
-    for key, value in texts.items():
-      self._writer.add_text(key, value, global_step=step)
+  def flush(self) -> None:
+    if self._events is not None:
+      self._events.flush()
 
-  def write_histograms(self, step: int, arrays: Mapping[str, Any],
-                       num_buckets: Mapping[str, int] | None = None):
-    for key, value in arrays.items():
-      self._writer.add_histogram(key, np.asarray(value), global_step=step)
-
-  def write_hparams(self, hparams: Mapping[str, Any]):
-    flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
-    self._writer.add_text("hparams", "\n".join(f"    {k}: {v}" for k, v in sorted(flat.items())), 0)
-
-  def flush(self):
-    self._writer.flush()
-
-  def close(self):
-    self._writer.close()
+  def close(self) -> None:
+    if self._events is not None:
+      self._events.close()
 
 
-def create_writer(logdir: str | None, *, just_logging: bool = False) -> metric_writers.MetricWriter:
-  """Console logging plus (on the writing process) TensorBoard events in `logdir`."""
-  writers: list[metric_writers.MetricWriter] = [metric_writers.LoggingWriter()]
-  if logdir is not None and not just_logging:
-    writers.append(TensorboardXWriter(logdir))
-  return metric_writers.AsyncMultiWriter(writers)
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat: dict[str, Any] = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def create_writer(logdir: str | None, *, just_logging: bool = False) -> MetricWriter:
+  """Every process logs; only the writing process (process 0) writes event files."""
+  return MetricWriter(logdir, just_logging=just_logging)
