@@ -36,6 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_workers = 0                 # grain worker processes; 0 reads in the training process.
   c.data.prefetch = 2                    # Batches buffered ahead of the training step.
   c.data.normalization = "unit"          # unit: [0, 1]; standardize: per-dataset mean/std.
+  c.data.norm_stats_examples = 4096      # Train examples sampled for the standardize mean/std.
+  c.data.read_threads = 1                # Threads reading ArrayRecord per training process/worker.
+  c.data.eval_read_threads = 2
   c.data.augment = ml_collections.ConfigDict()
   c.data.augment.enabled = True
   c.data.augment.rotation_deg = 10.0
@@ -47,6 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.augment.erasing_prob = 0.0
   c.data.augment.erasing_area = (0.02, 0.2)
   c.data.augment.erasing_aspect = (0.3, 3.3)
+  c.data.augment.erasing_fill = "noise"  # noise or mean.
+  c.data.augment.border = "reflect"      # How rotation/shift/zoom fill pixels from outside the image.
 
   c.model = "cnn"                        # A key of fer_jax.models.MODELS.
   c.model_kwargs = ml_collections.ConfigDict()
