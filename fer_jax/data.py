@@ -23,6 +23,9 @@ import tensorflow_datasets as tfds
 import tfds_builders
 
 DEFAULT_DATA_DIR = os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+# Builder config fields that change how a dataset is built, not what it holds:
+# overriding them keeps the config's name (and so its directory).
+_BUILD_ONLY_FIELDS = frozenset({"num_workers"})
 
 
 def builder_class(name: str) -> type[tfds.core.GeneratorBasedBuilder]:
@@ -64,8 +67,9 @@ def make_builder(name: str, *, config: str | None = None, data_dir: str | None =
       if unknown:
         raise ValueError(f"Unknown option(s) {sorted(unknown)} for {name}/{builder_config.name}; "
                          f"known: {sorted(fields - {'name', 'version', 'release_notes', 'supported_versions', 'description', 'tags'})}.")
-      suffix = ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
-      builder_config = dataclasses.replace(builder_config, name=f"{builder_config.name}.{suffix}", **overrides)
+      suffix = ",".join(f"{k}={v}" for k, v in sorted(overrides.items()) if k not in _BUILD_ONLY_FIELDS)
+      name = f"{builder_config.name}.{suffix}" if suffix else builder_config.name
+      builder_config = dataclasses.replace(builder_config, name=name, **overrides)
   elif config or overrides:
     raise ValueError(f"Dataset {name} has no builder configs; drop --config/--set.")
   return cls(data_dir=data_dir or DEFAULT_DATA_DIR, config=builder_config, file_format="array_record")

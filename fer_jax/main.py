@@ -25,6 +25,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
+  # Orbax logs every save and restore step at INFO; keep its warnings, drop the chatter.
+  logging.get_absl_handler().addFilter(lambda r: "/orbax/" not in r.pathname or r.levelno >= 30)
   workdir = os.path.abspath(FLAGS.workdir)
   if FLAGS.mode in ("train", "train_and_eval"):
     train.train_and_evaluate(FLAGS.config, workdir)

@@ -4,8 +4,6 @@ Reads top to bottom: data -> model and optimizer -> state (fresh or resumed) ->
 jitted step -> loop with logging, validation and asynchronous checkpoints.
 """
 
-from __future__ import annotations
-
 import functools
 import math
 import time
@@ -31,7 +29,7 @@ class TrainState(train_state.TrainState):
   batch_stats: Any = None
 
 
-@flax.struct.dataclass
+@flax.struct.dataclass  # clu reads these annotations at runtime: no `from __future__ import annotations` here.
 class TrainMetrics(clu_metrics.Collection):
   loss: clu_metrics.Average.from_output("loss")
   accuracy: clu_metrics.Accuracy
@@ -82,7 +80,7 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, base_key: ja
   param_updates, opt_state = state.tx.update(grads, state.opt_state, state.params, value=loss)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, param_updates),
                             opt_state=opt_state, batch_stats=updates["batch_stats"] if has_bn else state.batch_stats)
-  metrics = TrainMetrics.gather_from_model_output(loss=loss, logits=logits, labels=batch["label"])
+  metrics = TrainMetrics.single_from_model_output(loss=loss, logits=logits, labels=batch["label"])
   return new_state, metrics
 
 
