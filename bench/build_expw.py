@@ -90,7 +90,7 @@ def _time_build(manual_dir: pathlib.Path, config: str, num_workers: int) -> tupl
     start, cpu = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(io.StringIO()):  # tfds' "Downloading and preparing..." lines
       builder = data.build("expw", manual_dir=str(manual_dir), config=config, data_dir=data_dir,
-                           overrides={"num_workers": num_workers})
+                           num_workers=num_workers)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     report = builder.info.metadata["build_report"]
     assert report["complete"] and report["skipped_total"] == 0, report["skipped"]

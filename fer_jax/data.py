@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import inspect
 import json
 import os
 import sys
@@ -23,9 +24,6 @@ import tensorflow_datasets as tfds
 import tfds_builders
 
 DEFAULT_DATA_DIR = os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
-# Builder config fields that change how a dataset is built, not what it holds:
-# overriding them keeps the config's name (and so its directory).
-_BUILD_ONLY_FIELDS = frozenset({"num_workers"})
 
 
 def builder_class(name: str) -> type[tfds.core.GeneratorBasedBuilder]:
@@ -48,11 +46,13 @@ def _parse_value(text: str) -> Any:
 
 
 def make_builder(name: str, *, config: str | None = None, data_dir: str | None = None,
-                 overrides: dict[str, Any] | None = None) -> tfds.core.DatasetBuilder:
+                 overrides: dict[str, Any] | None = None,
+                 num_workers: int | None = None) -> tfds.core.DatasetBuilder:
   """Instantiates a builder writing ArrayRecord files, with optional config field overrides.
 
   Overrides make a new config whose name records them (e.g. `rgb96.margin=0.3`),
   so datasets built with different settings never overwrite each other.
+  `num_workers` (decoding processes) is for builders that decode images (expw).
   """
   cls = builder_class(name)
   builder_config = None
@@ -67,18 +67,23 @@ def make_builder(name: str, *, config: str | None = None, data_dir: str | None =
       if unknown:
         raise ValueError(f"Unknown option(s) {sorted(unknown)} for {name}/{builder_config.name}; "
                          f"known: {sorted(fields - {'name', 'version', 'release_notes', 'supported_versions', 'description', 'tags'})}.")
-      suffix = ",".join(f"{k}={v}" for k, v in sorted(overrides.items()) if k not in _BUILD_ONLY_FIELDS)
-      name = f"{builder_config.name}.{suffix}" if suffix else builder_config.name
-      builder_config = dataclasses.replace(builder_config, name=name, **overrides)
+      suffix = ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+      builder_config = dataclasses.replace(builder_config, name=f"{builder_config.name}.{suffix}", **overrides)
   elif config or overrides:
     raise ValueError(f"Dataset {name} has no builder configs; drop --config/--set.")
-  return cls(data_dir=data_dir or DEFAULT_DATA_DIR, config=builder_config, file_format="array_record")
+  extra = {}
+  if num_workers is not None:
+    if "num_workers" not in inspect.signature(cls.__init__).parameters:
+      raise ValueError(f"Dataset {name} builds in one process; drop --num_workers.")
+    extra["num_workers"] = num_workers
+  return cls(data_dir=data_dir or DEFAULT_DATA_DIR, config=builder_config, file_format="array_record", **extra)
 
 
 def build(name: str, *, manual_dir: str | None = None, config: str | None = None,
-          data_dir: str | None = None, overrides: dict[str, Any] | None = None) -> tfds.core.DatasetBuilder:
+          data_dir: str | None = None, overrides: dict[str, Any] | None = None,
+          num_workers: int | None = None) -> tfds.core.DatasetBuilder:
   """Builds (or reuses) dataset `name` and returns its builder."""
-  builder = make_builder(name, config=config, data_dir=data_dir, overrides=overrides)
+  builder = make_builder(name, config=config, data_dir=data_dir, overrides=overrides, num_workers=num_workers)
   download_config = tfds.download.DownloadConfig(manual_dir=os.path.expanduser(manual_dir) if manual_dir else None)
   builder.download_and_prepare(download_config=download_config)
   return builder
@@ -107,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a builder config field, e.g. --set margin=0.3")
     if command == "build":
       p.add_argument("--manual_dir", default=None, help="folder holding what you downloaded")
+      p.add_argument("--num_workers", type=int, default=None,
+                     help="image-decoding processes (expw; default: one per spare core)")
   args = parser.parse_args(argv)
   overrides = {}
   for item in args.set:
@@ -117,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     if args.command == "build":
       builder = build(args.name, manual_dir=args.manual_dir, config=args.config,
-                      data_dir=args.data_dir, overrides=overrides)
+                      data_dir=args.data_dir, overrides=overrides, num_workers=args.num_workers)
     else:
       builder = make_builder(args.name, config=args.config, data_dir=args.data_dir, overrides=overrides)
       if not builder.is_prepared():

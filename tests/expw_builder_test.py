@@ -56,10 +56,10 @@ def _write(path: pathlib.Path, content: bytes) -> str:
   return str(path)
 
 
-def _build(manual_dir: pathlib.Path, tmp_path: pathlib.Path, config: str = "gray48", **overrides: Any):
-  overrides.setdefault("num_workers", 0)
+def _build(manual_dir: pathlib.Path, tmp_path: pathlib.Path, config: str = "gray48", num_workers: int = 0,
+           **overrides: Any):
   return data.build("expw", manual_dir=str(manual_dir), config=config,
-                    data_dir=str(tmp_path / "tfds"), overrides=overrides)
+                    data_dir=str(tmp_path / "tfds"), overrides=overrides, num_workers=num_workers)
 
 
 def _examples(builder) -> dict[str, list[dict[str, Any]]]:
@@ -197,8 +197,7 @@ def test_min_confidence_filters_and_is_recorded(tmp_path):
 def test_report_persisted_and_readable_after_reload(tmp_path):
   manual = _layout(tmp_path / "expw", MESSY_LINES, _messy_files())
   report = _build(manual, tmp_path).info.metadata["build_report"]
-  reloaded = data.make_builder("expw", config="gray48", data_dir=str(tmp_path / "tfds"),
-                               overrides={"num_workers": 0})
+  reloaded = data.make_builder("expw", config="gray48", data_dir=str(tmp_path / "tfds"), num_workers=0)
   assert reloaded.is_prepared()
   assert reloaded.info.metadata["build_report"] == report
   assert reloaded.info.supervised_keys == ("image", "label")

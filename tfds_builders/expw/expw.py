@@ -76,14 +76,12 @@ class ExpwConfig(tfds.core.BuilderConfig):
     channels: 1 (grey, like FER2013) or 3 (RGB).
     margin: fraction of the box height (width) added above and below (left and right).
     min_confidence: drop faces whose detector confidence is below this; None keeps all.
-    num_workers: processes decoding images (0: decode in the building process).
     encoding: how tfds stores the image tensor: 'bytes' (raw) or 'zlib'.
   """
   image_size: int = 48
   channels: int = 1
   margin: float = 0.2
   min_confidence: float | None = None
-  num_workers: int = dataclasses.field(default_factory=crop.find_default_workers)
   encoding: str = "bytes"
 
   def __post_init__(self):
@@ -94,7 +92,6 @@ class ExpwConfig(tfds.core.BuilderConfig):
     if self.min_confidence is not None:
       self.min_confidence = _check_number("min_confidence", self.min_confidence, integer=False,
                                           low=-math.inf)
-    self.num_workers = int(_check_number("num_workers", self.num_workers, integer=True, low=0, high=512))
     if self.encoding not in ("bytes", "zlib"):
       raise ValueError(f"expw config field encoding must be 'bytes' or 'zlib', got {self.encoding!r}.")
 
@@ -172,6 +169,16 @@ class Expw(tfds.core.GeneratorBasedBuilder):
                  description="96x96 RGB face crops."),
   ]
 
+  def __init__(self, *, num_workers: int | None = None, **kwargs: Any):
+    """`num_workers`: processes decoding images (0: in this process; None: one per spare core).
+
+    A build setting, not part of the data, so it is not a config field: changing
+    it must not rename the dataset.
+    """
+    super().__init__(**kwargs)
+    self.num_workers = crop.find_default_workers() if num_workers is None else int(
+        _check_number("num_workers", num_workers, integer=True, low=0, high=512))
+
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
     return tfds.core.DatasetInfo(
@@ -232,10 +239,10 @@ class Expw(tfds.core.GeneratorBasedBuilder):
     """Decodes each image once (in worker processes) and yields its faces keyed `<image>/<face_id>`."""
     cfg = self.builder_config
     params = crop.CropParams(cfg.image_size, cfg.channels, cfg.margin)
-    chunks = crop.chunked(images, crop.chunk_size_for(len(images), cfg.num_workers))
+    chunks = crop.chunked(images, crop.chunk_size_for(len(images), self.num_workers))
     tasks = (("crop", params, [(os.path.join(image_dir, name), tuple(f.box for f in faces))
                                for name, faces in chunk]) for chunk in chunks)
-    results = crop.ordered_map(crop.process_chunk, tasks, min(cfg.num_workers, len(chunks)))
+    results = crop.ordered_map(crop.process_chunk, tasks, min(self.num_workers, len(chunks)))
     try:
       for chunk, chunk_results in zip(chunks, results):
         for (_, faces), result in zip(chunk, chunk_results):
