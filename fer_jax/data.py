@@ -55,6 +55,7 @@ def make_builder(name: str, *, config: str | None = None, data_dir: str | None =
   `num_workers` (decoding processes) is for builders that decode images (expw).
   """
   cls = builder_class(name)
+  config = config or None  # "" (the config files' default) means the builder's first config.
   builder_config = None
   if cls.BUILDER_CONFIGS:
     builder_config = cls.builder_configs[config or cls.BUILDER_CONFIGS[0].name] if (
