@@ -423,6 +423,16 @@ class Normalizer:
 _STATS_CACHE: dict[tuple[str, str, int], tuple[list[float], list[float]]] = {}
 
 
+def label_counts(config: Any, split: str | None = None) -> np.ndarray:
+  """Examples per class in `split` (the train split by default), for class weighting."""
+  builder = _prepared_builder(config)
+  source = ExampleSource(builder, split or _cfg_get(config.data, "train_split", "train"))
+  counts = np.zeros(builder.info.features["label"].num_classes, np.int64)
+  for chunk in np.array_split(np.arange(len(source)), max(1, len(source) // 1024)):
+    counts += np.bincount(source.read_batch(chunk)[1], minlength=len(counts))
+  return counts
+
+
 def normalization_stats(config: Any) -> tuple[list[float], list[float]]:
   """Per-channel (mean, std) of train images in [0, 1] units, from an evenly spaced sample.
 

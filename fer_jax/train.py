@@ -5,7 +5,9 @@ jitted step -> loop with logging, validation and asynchronous checkpoints.
 """
 
 import functools
+import json
 import math
+import os
 import time
 from typing import Any
 
@@ -84,6 +86,34 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, base_key: ja
   return new_state, metrics
 
 
+MODEL_CARD = "model.json"
+
+
+def write_model_card(config: ml_collections.ConfigDict, workdir: str, info: Any) -> dict[str, Any]:
+  """WORKDIR/model.json: what inference needs to rebuild the model and preprocess faces like training.
+
+  Prediction and export read it instead of the dataset, which may not exist on
+  the machine that serves the model.
+  """
+  mean, std = (input_pipeline.normalization_stats(config) if config.data.normalization == "standardize"
+               else (None, None))
+  card = {
+      "dataset": config.data.name, "dataset_config": config.data.config or None,
+      "class_names": list(info.class_names), "num_classes": info.num_classes,
+      "image_shape": list(info.eval_image_shape),  # full-size input, as stored in the dataset
+      "crop_size": int(config.data.augment.crop_size),  # model input side when > 0 (centre crop)
+      "normalization": {"kind": config.data.normalization, "mean": mean, "std": std},
+      "config": json.loads(config.to_json_best_effort()),
+  }
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    tmp = os.path.join(workdir, f".{MODEL_CARD}.tmp")
+    with open(tmp, "w") as f:
+      json.dump(card, f, indent=2)
+    os.replace(tmp, os.path.join(workdir, MODEL_CARD))
+  return card
+
+
 def balanced_class_weights(label_counts: np.ndarray) -> np.ndarray:
   """Inverse-frequency weights normalised to mean 1 over present classes (absent classes get 0)."""
   counts = np.asarray(label_counts, np.float64)
@@ -142,6 +172,7 @@ class Trainer:
     """Trains to `total_steps`, resuming from the latest checkpoint in the workdir; returns last metrics."""
     config, workdir = self.config, self.workdir
     writer = tensorboard_writer.create_writer(workdir, just_logging=jax.process_index() > 0)
+    write_model_card(config, workdir, self.info)
     manager = checkpointing.create_manager(workdir, config)
     train_iter = iter(input_pipeline.create_train_dataset(
         config, process_index=jax.process_index(), process_count=jax.process_count()))

@@ -59,6 +59,9 @@ def test_train_then_eval_job_writes_reports(tmp_path, data_dir):
   assert np.isfinite(last["train_loss"]) and 0.0 <= last["val_accuracy"] <= 1.0
   assert sorted(os.listdir(checkpointing.checkpoint_dir(workdir))) == ["4", "8"]
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+  card = json.loads((tmp_path / "run" / train.MODEL_CARD).read_text())
+  assert card["class_names"][3] == "happy" and card["image_shape"] == [48, 48, 1]
+  assert card["normalization"]["kind"] == "unit" and card["config"]["model"] == "cnn"
 
   steps = eval_job.run(config, workdir)
   assert steps == [4, 8]
@@ -68,6 +71,13 @@ def test_train_then_eval_job_writes_reports(tmp_path, data_dir):
   assert (tmp_path / "run/eval/validation/step_8/confusion_matrix.png").exists()
   # A restarted evaluation job does not score again what it already recorded.
   assert eval_job.run(config, workdir) == []
+
+
+def test_balanced_class_weights(data_dir):
+  counts = train.input_pipeline.label_counts(tiny_config(data_dir))
+  assert counts.sum() == train.input_pipeline.dataset_info(tiny_config(data_dir)).num_examples["train"]
+  weights = train.balanced_class_weights(np.array([10, 30, 0, 60]))
+  np.testing.assert_allclose(weights, [100 / 3 / 10, 100 / 3 / 30, 0.0, 100 / 3 / 60], rtol=1e-6)
 
 
 def test_resume_continues_on_the_next_batch(tmp_path, data_dir):
