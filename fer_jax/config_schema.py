@@ -95,8 +95,12 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the field and what is allowed."""
+
+
 def _fail(field: str, value: Any, allowed: str) -> None:
-  raise ValueError(f"config.{field}={value!r} is not allowed: {allowed}.")
+  raise ConfigError(f"config.{field}={value!r} is not allowed: {allowed}.")
 
 
 def tta_views(config: ml_collections.ConfigDict) -> list[str]:
@@ -105,7 +109,7 @@ def tta_views(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_count: int = 1) -> None:
-  """Raises ValueError naming the field, its value and what is allowed, before any compute."""
+  """Raises ConfigError naming the field, its value and what is allowed, before any compute."""
   choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "dtype": DTYPES,
              "data.normalization": NORMALIZATIONS, "class_weights": CLASS_WEIGHTS,
              "eval.split": EVAL_SPLITS, "model": tuple(models.MODELS)}

@@ -23,6 +23,7 @@ import numpy as np
 from absl import logging
 
 from fer_jax import checkpointing, config_schema, evaluation, input_pipeline, parallel, tensorboard_writer, train
+from fer_jax import distributed
 
 
 def eval_dir(workdir: str, split: str) -> str:
@@ -83,12 +84,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, idle_timeout_s: floa
   last_progress = time.monotonic()
   manager = None
   while True:
-    if manager is None and os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+    if manager is None and distributed.from_process_0(os.path.isdir(checkpointing.checkpoint_dir(workdir))):
       manager = checkpointing.create_manager(workdir, read_only=True)
     steps = []
     if manager is not None:
       manager.reload()
       steps = sorted(s for s in manager.all_steps() if s not in done)
+    steps = distributed.from_process_0(steps)  # Every process scores the same steps (process 0's view).
     for step in steps:
       try:
         report = evaluator.evaluate(manager, step)
@@ -121,7 +123,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, idle_timeout_s: floa
       last_progress = time.monotonic()
     if final_step in done:
       break
-    if time.monotonic() - last_progress > idle_timeout_s:
+    if distributed.from_process_0(time.monotonic() - last_progress > idle_timeout_s):
       logging.info("No new checkpoint in %.0f s; the evaluation job stops.", idle_timeout_s)
       break
     time.sleep(config.eval.poll_every_s)

@@ -10,7 +10,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fer_jax import eval_job, train
+from fer_jax import config_schema, distributed, eval_job, input_pipeline, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A config file in configs/; override fields with --config.a.b=value.",
@@ -18,13 +18,31 @@ config_flags.DEFINE_config_file("config", None, "A config file in configs/; over
 flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard events and evaluation reports go.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "train_and_eval"],
                   "train; eval: the evaluation job watching --workdir; train_and_eval: both, one after the other.")
+flags.DEFINE_enum("distributed", "auto", list(distributed.MODES),
+                  "Multi-process run (one process per TPU VM worker, GPU or node): auto joins when launched by "
+                  "SLURM/Open MPI, on a Cloud TPU VM, or given the three flags below; on, off force it.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, the same on every process "
+                    "(default $JAX_COORDINATOR_ADDRESS; not needed under SLURM or on TPU VMs).")
+flags.DEFINE_integer("num_processes", None, "Processes in the run (default $JAX_NUM_PROCESSES).")
+flags.DEFINE_integer("process_id", None, "This process, 0 .. num_processes-1 (default $JAX_PROCESS_ID).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
+  try:
+    run(argv)
+  except (config_schema.ConfigError, input_pipeline.DatasetNotBuiltError) as e:
+    # Mistakes the user fixes in the command line or config: the message, not a traceback.
+    raise SystemExit(f"error: {e}") from None
+
+
+def run(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
+  # Before anything touches a device; only here, never at import: grain workers import this module.
+  distributed.initialize(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
+                         num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   # Orbax logs every save and restore step at INFO; keep its warnings, drop the chatter.
   logging.get_absl_handler().addFilter(lambda r: "/orbax/" not in r.pathname or r.levelno >= 30)
   workdir = os.path.abspath(FLAGS.workdir)

@@ -23,7 +23,7 @@ from clu import metrics as clu_metrics
 from flax.training import train_state
 
 from fer_jax import checkpointing, config_schema, evaluation, input_pipeline, models, optimizers, parallel
-from fer_jax import tensorboard_writer
+from fer_jax import distributed, tensorboard_writer
 
 
 class TrainState(train_state.TrainState):
@@ -137,7 +137,7 @@ class Trainer:
     self.config = config
     self.workdir = workdir
     self.mesh = parallel.create_mesh()
-    input_pipeline.ensure_built(config)
+    distributed.ensure_built_once(config)  # process 0 builds, the others wait
     self.info = input_pipeline.dataset_info(config)
     self.steps_per_epoch = max(1, self.info.num_examples[config.data.train_split] // config.batch_size)
     self.total_steps = total_train_steps(config, self.steps_per_epoch)

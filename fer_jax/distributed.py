@@ -1,0 +1,211 @@
+"""Multi-process start-up and the few cross-process steps the trainer needs.
+
+One JAX process runs per TPU VM worker, per GPU (or per GPU node), or per
+simulated CPU host; `initialize()` joins them into one JAX runtime before
+anything touches a device, so `jax.devices()` lists every process's devices
+and one jitted step runs data-parallel over all of them.
+
+When a run is multi-process (`mode="auto"`):
+  * explicit: a coordinator address (flag or $JAX_COORDINATOR_ADDRESS) with
+    the process count and id (flags or $JAX_NUM_PROCESSES / $JAX_PROCESS_ID);
+  * SLURM (`srun`, more than one task) and Open MPI (`mpirun`): JAX reads the
+    coordinator, count and id from the launcher's environment;
+  * Cloud TPU VMs: JAX asks the TPU metadata server (a one-worker VM simply
+    becomes a 1-process run).
+`mode="on"` always initializes (JAX detects what the arguments leave out);
+`mode="off"` never does (e.g. an evaluation job on the CPU of a TPU worker).
+
+Only the launching process may call `initialize()`: grain's worker processes
+are spawned and import the main module, so call it from `main()` under
+`if __name__ == "__main__"`, never at import time; it refuses to run in a
+multiprocessing child.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import multiprocessing
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from fer_jax import input_pipeline
+
+MODES = ("auto", "on", "off")
+
+# PCI ids of Cloud TPU chips (Google vendor 0x1ae0; the same table as jax._src.hardware_utils).
+# The vendor id alone is not enough: gVNIC network cards on ordinary GCE VMs share it.
+_GOOGLE_PCI_VENDOR = "0x1ae0"
+_TPU_PCI_DEVICES = ("0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076")
+
+
+def _on_cloud_tpu_vm(env: Mapping[str, str]) -> bool:
+  """A Cloud TPU VM whose TPU this process may use (JAX_PLATFORMS=cpu opts out)."""
+  platforms = env.get("JAX_PLATFORMS", "")
+  if platforms and "tpu" not in platforms.lower().split(","):
+    return False
+  if env.get("TPU_WORKER_HOSTNAMES") or env.get("TPU_PROCESS_ADDRESSES"):  # GKE / queued resources
+    return True
+  if env.get("TPU_SKIP_MDS_QUERY"):
+    return False
+  for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
+    try:
+      if pathlib.Path(vendor).read_text().strip() != _GOOGLE_PCI_VENDOR:
+        continue
+      if (pathlib.Path(vendor).parent / "device").read_text().strip() in _TPU_PCI_DEVICES:
+        return True
+    except OSError:
+      continue
+  return False
+
+
+def _int_env(env: Mapping[str, str], name: str) -> int | None:
+  value = env.get(name)
+  if value in (None, ""):
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f"${name}={value!r} must be an integer.") from None
+
+
+def detect(coordinator_address: str | None = None, num_processes: int | None = None,
+           process_id: int | None = None, env: Mapping[str, str] | None = None) -> str | None:
+  """Why this run is multi-process ('explicit', 'slurm', 'openmpi', 'tpu_vm'), or None if it is not.
+
+  A pure function of the arguments and `env` (default os.environ), so the
+  launch logic is testable without a cluster.
+  """
+  env = os.environ if env is None else env
+  if coordinator_address or env.get("JAX_COORDINATOR_ADDRESS") or num_processes is not None \
+      or process_id is not None or env.get("JAX_NUM_PROCESSES") or env.get("JAX_PROCESS_ID"):
+    return "explicit"
+  # The variables jax's SlurmCluster needs: `srun` sets them for each task (not `sbatch` alone).
+  if all(v in env for v in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+                            "SLURM_LOCALID")) and int(env["SLURM_NTASKS"]) > 1:
+    return "slurm"
+  if "OMPI_MCA_orte_hnp_uri" in env and int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+    return "openmpi"
+  if _on_cloud_tpu_vm(env):
+    return "tpu_vm"
+  return None
+
+
+def _assert_launching_process() -> None:
+  """Refuses to initialize from a multiprocessing child (a grain worker, for one)."""
+  if multiprocessing.parent_process() is not None:
+    raise RuntimeError(
+        f"fer_jax.distributed.initialize() called in {multiprocessing.current_process().name}, a child "
+        "process (a grain data worker imports the main module). Call it from main() under "
+        "`if __name__ == '__main__':`, never at import time.")
+
+
+def initialize(mode: str = "auto", *, coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, local_device_ids: Sequence[int] | None = None,
+               timeout_s: int = 300) -> bool:
+  """Joins this process to the multi-process JAX runtime when the run is multi-process; returns whether it did.
+
+  Call it once, first thing in main(), before anything touches a device.
+  `timeout_s` bounds the wait for the other processes at start-up (JAX then
+  raises instead of hanging).
+  """
+  if mode not in MODES:
+    raise ValueError(f"distributed mode {mode!r} must be one of {MODES}.")
+  _assert_launching_process()
+  if jax.distributed.is_initialized():
+    return True
+  env = os.environ
+  coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS") or None
+  num_processes = num_processes if num_processes is not None else _int_env(env, "JAX_NUM_PROCESSES")
+  process_id = process_id if process_id is not None else _int_env(env, "JAX_PROCESS_ID")
+  how = detect(coordinator_address, num_processes, process_id, env)
+  if mode == "off" or (mode == "auto" and how is None):
+    return False
+  if how == "explicit" and None in (coordinator_address, num_processes, process_id):
+    missing = [name for name, value in (("--coordinator_address", coordinator_address),
+                                        ("--num_processes", num_processes), ("--process_id", process_id))
+               if value is None]
+    raise ValueError(f"A multi-process run outside SLURM, Open MPI or a Cloud TPU VM needs --coordinator_address "
+                     f"(host:port of process 0), --num_processes and --process_id on every process; missing "
+                     f"{', '.join(missing)} (or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID).")
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  if xla_bridge.backends_are_initialized():
+    raise RuntimeError("fer_jax.distributed.initialize() must run before anything touches a device "
+                       "(jax.devices(), an array, a jit call): call it first in main().")
+  # Cross-process collectives on CPU (tests, CPU clusters) go over gloo/TCP; GPUs and TPUs ignore this.
+  if jax.config.jax_cpu_collectives_implementation in (None, "none"):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id, local_device_ids=local_device_ids,
+                               initialization_timeout=int(timeout_s))
+  except Exception as e:  # JAX's messages do not say what to check on our side.
+    raise RuntimeError(
+        f"Could not join the multi-process run (detected: {how or 'forced with --distributed=on'}; coordinator "
+        f"{coordinator_address or 'auto'}, process {process_id if process_id is not None else 'auto'} of "
+        f"{num_processes or 'auto'}): {e}. Check that every process was started with the same coordinator "
+        "address and process count, that process 0 is running and its port is reachable, and that no other "
+        "job uses the port. Use --distributed=off for a single-process run.") from e
+  logging.info("Process %d of %d (%s): %d local / %d global devices (%s).", jax.process_index(),
+               jax.process_count(), how or "on", jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].platform)
+  return True
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches `name` (no-op for one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def from_process_0(value: Any) -> Any:
+  """Process 0's `value` (JSON-serialisable) on every process, so all take the same branch of a loop.
+
+  Decisions read from a shared disk or a clock (which checkpoints exist,
+  whether to stop) can differ between processes; a collective entered by
+  some processes and not others hangs.
+  """
+  if jax.process_count() == 1:
+    return value
+  data = np.frombuffer(json.dumps(value).encode(), np.uint8) if jax.process_index() == 0 else None
+  size = int(multihost_utils.broadcast_one_to_all(np.int32(0 if data is None else data.size)))
+  buffer = np.zeros(size, np.uint8) if data is None else data
+  return json.loads(np.asarray(multihost_utils.broadcast_one_to_all(buffer)).tobytes())
+
+
+def ensure_built_once(config: Any) -> input_pipeline.DatasetInfo:
+  """input_pipeline.ensure_built on process 0 first; the others wait, then read what it wrote.
+
+  Building synthetic_faces (and caching normalization statistics) from every
+  process at once would race on the shared data_dir. If process 0 fails, it
+  still reaches the barrier, so every process raises instead of hanging.
+  """
+  if jax.process_count() == 1:
+    return input_pipeline.ensure_built(config)
+  error = None
+  if jax.process_index() == 0:
+    try:
+      input_pipeline.ensure_built(config)
+      if config.data.normalization == "standardize":
+        input_pipeline.normalization_stats(config)  # Writes the stats cache the others then read.
+    except Exception as e:  # pylint: disable=broad-except
+      error = e
+  barrier("fer_jax:dataset_built")
+  if error is not None:
+    raise error
+  try:
+    return input_pipeline.dataset_info(config)
+  except input_pipeline.DatasetNotBuiltError as e:
+    if jax.process_index() == 0:
+      raise
+    raise input_pipeline.DatasetNotBuiltError(
+        f"Process {jax.process_index()} cannot see the dataset process 0 has: {e}\nWith several hosts, "
+        "config.data.data_dir must be the same shared path on every host (NFS, a Cloud Storage FUSE "
+        "mount), or a copy of the built dataset at the same path on each host.") from e
