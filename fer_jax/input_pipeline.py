@@ -99,7 +99,8 @@ def _not_built_message(config: Any, builder: tfds.core.DatasetBuilder) -> str:
   return f"Dataset {name!r} is not built: nothing prepared under {builder.data_dir}. Build it with:\n{how}"
 
 
-def _prepared_builder(config: Any) -> tfds.core.DatasetBuilder:
+def prepared_builder(config: Any) -> tfds.core.DatasetBuilder:
+  """The builder of config.data, which must already be built (else DatasetNotBuiltError)."""
   builder = _builder(config)
   if not builder.is_prepared():
     raise DatasetNotBuiltError(_not_built_message(config, builder))
@@ -128,7 +129,7 @@ def ensure_built(config: Any) -> DatasetInfo:
 
 def dataset_info(config: Any) -> DatasetInfo:
   """Shapes, classes and split sizes; raises DatasetNotBuiltError if the dataset is missing."""
-  builder = _prepared_builder(config)
+  builder = prepared_builder(config)
   features = builder.info.features
   image_shape = tuple(int(d) for d in features["image"].shape)
   if len(image_shape) != 3:
@@ -425,7 +426,7 @@ _STATS_CACHE: dict[tuple[str, str, int], tuple[list[float], list[float]]] = {}
 
 def label_counts(config: Any, split: str | None = None) -> np.ndarray:
   """Examples per class in `split` (the train split by default), for class weighting."""
-  builder = _prepared_builder(config)
+  builder = prepared_builder(config)
   source = ExampleSource(builder, split or _cfg_get(config.data, "train_split", "train"))
   counts = np.zeros(builder.info.features["label"].num_classes, np.int64)
   for chunk in np.array_split(np.arange(len(source)), max(1, len(source) // 1024)):
@@ -439,7 +440,7 @@ def normalization_stats(config: Any) -> tuple[list[float], list[float]]:
   Computed once per dataset and cached in memory and in a JSON file next to
   the ArrayRecord files (when that folder is writable).
   """
-  builder = _prepared_builder(config)
+  builder = prepared_builder(config)
   split = _cfg_get(config.data, "train_split", "train")
   limit = int(_cfg_get(config.data, "norm_stats_examples", 4096))
   key = (str(builder.data_dir), split, limit)
@@ -592,7 +593,7 @@ def create_train_dataset(config: Any, *, process_index: int = 0, process_count: 
   strided shard of the train split, shuffled globally (new order each epoch);
   batches are deterministic in (config.seed, process_index, batch index).
   """
-  builder = _prepared_builder(config)
+  builder = prepared_builder(config)
   batch_size = _local_batch_size(config.batch_size, process_count, "batch_size")
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} is not in [0, {process_count}).")
@@ -660,7 +661,7 @@ def create_eval_dataset(config: Any, split: str | None = None, *, process_index:
   ceil(ceil(N / P) / B_local) batches, padding with mask=False. Iterate it as
   often as you like; images are never augmented or cropped.
   """
-  builder = _prepared_builder(config)
+  builder = prepared_builder(config)
   batch_size = _local_batch_size(config.eval_batch_size, process_count, "eval_batch_size")
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} is not in [0, {process_count}).")

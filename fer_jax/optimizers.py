@@ -58,5 +58,13 @@ def create_optimizer(config: ml_collections.ConfigDict, schedule: Schedule,
 
 
 def plateau_scale(opt_state: Any) -> Any:
-  """The reduce-on-plateau multiplier (1.0 when that schedule is off)."""
-  return optax.tree_utils.tree_get(opt_state, "scale", default=1.0)
+  """The reduce-on-plateau multiplier (1.0 when that schedule is off).
+
+  Looked up by state type, not by the name `scale`: batch-norm parameters are
+  also called `scale` and sit inside Adam's moment estimates.
+  """
+  is_plateau = lambda x: isinstance(x, optax.contrib.ReduceLROnPlateauState)
+  for node in jax.tree.leaves(opt_state, is_leaf=is_plateau):
+    if is_plateau(node):
+      return node.scale
+  return 1.0

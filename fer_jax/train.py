@@ -103,6 +103,8 @@ def write_model_card(config: ml_collections.ConfigDict, workdir: str, info: Any)
       "image_shape": list(info.eval_image_shape),  # full-size input, as stored in the dataset
       "crop_size": int(config.data.augment.crop_size),  # model input side when > 0 (centre crop)
       "normalization": {"kind": config.data.normalization, "mean": mean, "std": std},
+      # Margin the builder added around each labelled face box (ExpW), so prediction crops alike.
+      "face_margin": getattr(input_pipeline.prepared_builder(config).builder_config, "margin", None),
       "config": json.loads(config.to_json_best_effort()),
   }
   if jax.process_index() == 0:

@@ -18,3 +18,12 @@ def real_data() -> pathlib.Path:
   if not (REAL_DATA / "README.md").exists():
     pytest.skip(f"real data not found at {REAL_DATA}")
   return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def synthetic_tiny_dir(tmp_path_factory) -> str:
+  """A data_dir holding the built-in synthetic_faces 'tiny' config (350/70/70 faces), built once."""
+  from fer_jax import data
+  path = str(tmp_path_factory.mktemp("tfds_synthetic_tiny"))
+  data.build("synthetic_faces", config="tiny", data_dir=path)
+  return path

@@ -159,12 +159,9 @@ def run_processes(script: pathlib.Path, args: list[dict], devices_per_process: i
   return results
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> str:
-  path = str(tmp_path_factory.mktemp("tfds"))
-  from fer_jax import data
-  data.build("synthetic_faces", config="tiny", data_dir=path)
-  return path
+@pytest.fixture
+def data_dir(synthetic_tiny_dir: str) -> str:
+  return synthetic_tiny_dir
 
 
 def test_two_processes_match_one_process_and_checkpoint_moves_topology(tmp_path, data_dir):

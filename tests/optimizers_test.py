@@ -62,6 +62,14 @@ def test_plateau_cuts_the_scale_when_the_loss_stalls():
   assert float(optimizers.plateau_scale(state)) == 0.5
 
 
+@pytest.mark.parametrize("schedule", ["plateau", "constant"])
+def test_plateau_scale_with_batch_norm_params_named_scale(schedule):
+  config = config_for(schedule=schedule)
+  tx = optimizers.create_optimizer(config, optimizers.create_schedule(config, 4, 100), steps_per_epoch=4)
+  state = tx.init({"BatchNorm_0": {"scale": jnp.ones(3), "bias": jnp.zeros(3)}})
+  assert float(optimizers.plateau_scale(state)) == 1.0
+
+
 def test_weight_decay_skips_biases():
   config = config_for(optimizer="sgd", momentum=0.0, learning_rate=1.0, weight_decay=0.1)
   tx = optimizers.create_optimizer(config, optimizers.create_schedule(config, 1, 1), steps_per_epoch=1)

@@ -36,12 +36,9 @@ def tiny_config(data_dir: str) -> "ml_collections.ConfigDict":
   return config
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> str:
-  path = str(tmp_path_factory.mktemp("tfds"))
-  from fer_jax import data
-  data.build("synthetic_faces", config="tiny", data_dir=path)
-  return path
+@pytest.fixture
+def data_dir(synthetic_tiny_dir: str) -> str:
+  return synthetic_tiny_dir
 
 
 def params_of(workdir: str, config) -> list[np.ndarray]:

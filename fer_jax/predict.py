@@ -1,0 +1,372 @@
+"""Command line: the facial expression of every face in images, folders and videos.
+
+    python -m fer_jax.predict --workdir runs/fer2013_cnn photo.jpg holiday/ clip.mp4 > faces.csv
+    python -m fer_jax.predict --checkpoint runs/fer2013_cnn/checkpoints/9000 --format jsonl crops/ --no-detect
+    python -m fer_jax.predict --exported model.fer --annotate annotated/ clip.mp4 --output faces.csv
+
+One output row per face: file, frame (0 for images), face (index in the
+frame), the box x, y, w, h, the label and one probability column per class;
+inputs that fail get a row with `error` set (and a line on stderr), and the
+rest go on. Exit status: 0 when at least one input was read, 1 when none could
+be (missing, unreadable, empty folders), 2 when the model, the checkpoint or
+the face detector cannot be loaded, or the arguments are wrong.
+See docs/PREDICTION.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Iterator, TextIO
+
+import cv2
+import numpy as np
+
+from fer_jax import face_detection, inference
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm",
+                              ".ppm", ".pbm", ".pnm", ".jp2"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv",
+                              ".flv", ".3gp"})
+NO_FACE = "no face found"
+Box = inference.Box
+
+
+@dataclasses.dataclass
+class Row:
+  """One output line: a classified face, or an input that failed (`error` set)."""
+  file: str
+  frame: int | None = None
+  face: int | None = None
+  box: Box | None = None
+  label: str | None = None
+  probabilities: np.ndarray | None = None
+  error: str | None = None
+
+
+class RowWriter:
+  """CSV (header + flat columns) or JSON lines (nested box and probabilities), flushed per input."""
+
+  def __init__(self, out: TextIO, fmt: str, class_names: tuple[str, ...]):
+    self.out, self.fmt, self.class_names = out, fmt, class_names
+    if fmt == "csv":
+      self._csv = csv.writer(out, lineterminator="\n")
+      self._csv.writerow(["file", "frame", "face", "x", "y", "w", "h", "label", *class_names, "error"])
+
+  def write(self, row: Row) -> None:
+    probs = None if row.probabilities is None else [round(float(p), 6) for p in row.probabilities]
+    if self.fmt == "csv":
+      box = list(row.box) if row.box is not None else [""] * 4
+      self._csv.writerow([row.file, _blank(row.frame), _blank(row.face), *box, _blank(row.label),
+                          *(probs if probs is not None else [""] * len(self.class_names)), _blank(row.error)])
+    else:
+      self.out.write(json.dumps({
+          "file": row.file, "frame": row.frame, "face": row.face,
+          "box": list(row.box) if row.box is not None else None, "label": row.label,
+          "probabilities": dict(zip(self.class_names, probs)) if probs is not None else None,
+          "error": row.error}) + "\n")
+
+  def flush(self) -> None:
+    self.out.flush()
+
+
+def _blank(value: Any) -> Any:
+  return "" if value is None else value
+
+
+def draw(image: np.ndarray, boxes: list[Box], probs: np.ndarray, class_names: tuple[str, ...]) -> np.ndarray:
+  """A BGR copy of `image` with each box and its label and probability drawn on it."""
+  canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
+  thickness = max(1, round(max(canvas.shape[:2]) / 400))
+  for (x, y, w, h), p in zip(boxes, probs):
+    k = int(np.argmax(p))
+    cv2.rectangle(canvas, (x, y), (x + w - 1, y + h - 1), (0, 255, 0), thickness)
+    text = f"{class_names[k]} {p[k]:.2f}"
+    scale = max(0.35, w / 250)
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    top = y - th - base - 2 if y - th - base - 2 >= 0 else y + h
+    cv2.rectangle(canvas, (x, top), (x + tw + 2, top + th + base + 2), (0, 255, 0), -1)
+    cv2.putText(canvas, text, (x + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness,
+                cv2.LINE_AA)
+  return canvas
+
+
+class Predictor:
+  """Detects, crops and classifies the faces of images and video frames."""
+
+  def __init__(self, classifier: inference.FaceClassifier, detector: Callable[[np.ndarray], list[Box]] | None,
+               image_detector: Callable[[np.ndarray], list[Box]] | None = None):
+    self.classifier = classifier
+    self.detector = detector  # for video frames; None: every image or frame is one face
+    self.image_detector = image_detector or detector  # for still images
+    self.prep = classifier.prep
+    self.last_read = False  # whether the last image() or video() input could be decoded
+
+  def frame(self, image: np.ndarray, detector: Callable[[np.ndarray], list[Box]] | None = None
+            ) -> tuple[list[Box], np.ndarray]:
+    """Boxes and probabilities [faces, K] of one BGR or grey video frame: the real-time unit of work."""
+    detector = detector or self.detector
+    if detector is None:
+      boxes = [(0, 0, image.shape[1], image.shape[0])]
+      faces = [self.prep.face_pixels(image)]
+    else:
+      boxes = detector(image)
+      faces = [self.prep.face_pixels(image, box) for box in boxes]
+    if not faces:
+      return [], np.zeros((0, len(self.prep.class_names)), np.float32)
+    return boxes, self.classifier(np.stack(faces))
+
+  def rows(self, name: str, frame: int, boxes: list[Box], probs: np.ndarray) -> list[Row]:
+    names = self.prep.class_names
+    return [Row(name, frame, i, tuple(int(v) for v in box), names[int(np.argmax(p))], p)
+            for i, (box, p) in enumerate(zip(boxes, probs))]
+
+  def image(self, path: str, name: str, annotate_to: str | None = None) -> list[Row]:
+    """Rows of one image file: its faces, or one row with the error."""
+    image, error = read_image(path)
+    self.last_read = image is not None
+    if image is None:
+      return [Row(name, error=error)]
+    boxes, probs = self.frame(image, self.image_detector)
+    if annotate_to:
+      try:
+        _write_image(annotate_to, draw(image, boxes, probs, self.prep.class_names))
+      except (OSError, cv2.error) as e:
+        print(f"predict: {name}: cannot write the annotated copy {annotate_to}: {e}", file=sys.stderr)
+    if not boxes:
+      return [Row(name, frame=0, error=NO_FACE)]
+    return self.rows(name, 0, boxes, probs)
+
+  def video(self, path: str, name: str, annotate_to: str | None = None) -> Iterator[Row]:
+    """Rows of every frame's faces (frames without faces give none), or one row with the error."""
+    capture = cv2.VideoCapture(path)
+    ok, image = capture.read() if capture.isOpened() else (False, None)
+    self.last_read = bool(ok)
+    if not ok:
+      capture.release()
+      yield Row(name, error="cannot read video (not a video, or this OpenCV has no decoder for it)")
+      return
+    writer = None
+    if annotate_to:
+      fps = capture.get(cv2.CAP_PROP_FPS)
+      os.makedirs(os.path.dirname(annotate_to) or ".", exist_ok=True)
+      writer = cv2.VideoWriter(annotate_to, cv2.VideoWriter_fourcc(*"mp4v"), fps if fps > 0 else 25.0,
+                               (image.shape[1], image.shape[0]))
+      if not writer.isOpened():
+        print(f"predict: {name}: cannot write the annotated video {annotate_to} (no mp4v encoder?)",
+              file=sys.stderr)
+        writer = None
+    index, with_faces = 0, 0
+    try:
+      while ok:
+        boxes, probs = self.frame(image)
+        with_faces += bool(boxes)
+        if writer is not None:
+          writer.write(draw(image, boxes, probs, self.prep.class_names))
+        yield from self.rows(name, index, boxes, probs)
+        index += 1
+        ok, image = capture.read()
+    finally:
+      capture.release()
+      if writer is not None:
+        writer.release()
+    if not with_faces:
+      yield Row(name, error=f"{NO_FACE} in any of the {index} frames")
+
+
+def read_image(path: str) -> tuple[np.ndarray | None, str]:
+  """(BGR uint8 pixels, "") or (None, why not), for any file name; EXIF orientation applied."""
+  try:
+    data = np.fromfile(path, np.uint8)
+  except OSError as e:
+    return None, f"cannot read file: {e.strerror or e}"
+  if data.size == 0:
+    return None, "empty file"
+  # IMREAD_COLOR: grey images come back with three equal channels, which BGR->grey maps back exactly.
+  image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+  if image is None or image.size == 0:
+    return None, f"not a decodable image ({data.size} bytes)"
+  return image, ""
+
+
+def _write_image(path: str, image: np.ndarray) -> None:
+  """Writes in the input's format, or PNG (name + .png) when OpenCV cannot encode that format."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  try:
+    ok, data = cv2.imencode(os.path.splitext(path)[1] or ".png", image)
+  except cv2.error:
+    ok = False
+  if not ok:
+    ok, data = cv2.imencode(".png", image)
+    path += ".png"
+  data.tofile(path)
+
+
+@dataclasses.dataclass
+class Input:
+  """One file to process (kind image/video), or an error about a command-line argument."""
+  kind: str  # image, video or error
+  path: str
+  name: str  # as shown in the output: the argument, or the argument joined with the path inside it
+  annotate_name: str = ""  # relative path under --annotate
+  error: str = ""
+
+
+def media_kind(path: str) -> str | None:
+  ext = os.path.splitext(path)[1].lower()
+  return "image" if ext in IMAGE_EXTENSIONS else "video" if ext in VIDEO_EXTENSIONS else None
+
+
+def expand_inputs(arguments: list[str]) -> Iterator[Input]:
+  """Files of the command line in order; folders recursively (sorted), images and videos only."""
+  for arg in arguments:
+    if os.path.isdir(arg):
+      top = os.path.basename(os.path.normpath(os.path.abspath(arg)))
+      found = 0
+      for root, dirs, files in os.walk(arg):
+        dirs.sort()
+        for file in sorted(files):
+          path = os.path.join(root, file)
+          kind = media_kind(file)
+          if kind:
+            found += 1
+            yield Input(kind, path, path, os.path.join(top, os.path.relpath(path, arg)))
+      if not found:
+        yield Input("error", arg, arg, error="no image or video files in this folder")
+    elif os.path.exists(arg):
+      yield Input(media_kind(arg) or "image", arg, arg, os.path.basename(arg))
+    else:
+      yield Input("error", arg, arg, error="no such file or directory")
+
+
+def _annotated_video_name(name: str) -> str:
+  return os.path.splitext(name)[0] + ".mp4"
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="python -m fer_jax.predict", description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog="Exit status: 0 some input read; 1 no input could be read; 2 model, detector or arguments.")
+  src = p.add_argument_group("model (one of)")
+  src.add_argument("--workdir", help="training workdir: WORKDIR/model.json and the latest checkpoint (or --step)")
+  src.add_argument("--checkpoint", help="one step directory, WORKDIR/checkpoints/<step>")
+  src.add_argument("--exported", help="an artifact of python -m fer_jax.export (no flax needed)")
+  p.add_argument("--step", type=int, help="with --workdir: this step instead of the latest")
+  p.add_argument("--model_card", help="model.json to use instead of the workdir's")
+  p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, or folders (recursive)")
+  p.add_argument("--output", "-o", help="write rows here instead of stdout")
+  p.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+  p.add_argument("--annotate", metavar="OUT_DIR", help="write copies with boxes and labels drawn (videos as mp4)")
+  p.add_argument("--no-detect", "--no_detect", dest="no_detect", action="store_true",
+                 help="each image or frame is already one face crop: no detection")
+  p.add_argument("--tta", choices=inference.TTA_CHOICES, default="none",
+                 help="test-time augmentation: flip averages the softmax of the face and its mirror image")
+  p.add_argument("--batch_size", type=int, default=32, help="most faces per compiled call (a power of two)")
+  p.add_argument("--margin", type=float, help="fraction of the detected box added on each side "
+                 "(default: what reproduces the training crops, see docs/PREDICTION.md)")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype instead of the config's")
+  det = p.add_argument_group("face detector (OpenCV Haar cascade)")
+  det.add_argument("--detect_size", type=int,
+                   help="longer side searched for faces, in pixels (0 = full size; default: video frames "
+                   "320, images their own size within 320..960)")
+  det.add_argument("--min_face", type=float, default=0.0,
+                   help="smallest face as a fraction of the searched image's shorter side")
+  det.add_argument("--scale_factor", type=float,
+                   help="cascade pyramid step (default: 1.2 for video frames, 1.1 for images)")
+  det.add_argument("--min_neighbors", type=int, default=5, help="cascade votes a face needs")
+  det.add_argument("--cascade", help="a cascade XML file instead of OpenCV's frontal-face default")
+  return p
+
+
+def load_classifier(args: argparse.Namespace) -> inference.FaceClassifier:
+  """The FaceClassifier the arguments name; ModelLoadError when it cannot be loaded."""
+  if sum(x is not None for x in (args.workdir, args.checkpoint, args.exported)) != 1:
+    raise inference.ModelLoadError("give exactly one of --workdir, --checkpoint or --exported.")
+  if args.exported is not None:
+    if args.dtype or args.step is not None or args.model_card:
+      raise inference.ModelLoadError("--dtype, --step and --model_card do not apply to --exported artifacts.")
+    from fer_jax import export
+    return export.load(args.exported).classifier(batch_size=args.batch_size, tta=args.tta, margin=args.margin)
+  loaded = inference.load(args.workdir, checkpoint=args.checkpoint, step=args.step, model_card=args.model_card,
+                          margin=args.margin, dtype=args.dtype)
+  return loaded.classifier(batch_size=args.batch_size, tta=args.tta)
+
+
+def _quiet_libraries() -> None:
+  # Orbax logs (absl) every restore at WARNING/INFO; keep stderr for our per-file messages.
+  import logging
+  logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  _quiet_libraries()
+  say = lambda message: print(f"predict: {message}", file=sys.stderr, flush=True)
+  try:
+    detectors = [None, None] if args.no_detect else [
+        face_detection.HaarFaceDetector(
+            args.cascade, min_face=args.min_face, min_neighbors=args.min_neighbors,
+            detect_size=preset["detect_size"] if args.detect_size is None else args.detect_size,
+            scale_factor=args.scale_factor or preset["scale_factor"])
+        for preset in (face_detection.VIDEO, face_detection.IMAGE)]
+    classifier = load_classifier(args)
+  except (inference.ModelLoadError, face_detection.DetectorUnavailableError, ValueError) as e:
+    say(f"error: {e}")
+    return 2
+  predictor = Predictor(classifier, *detectors)
+  try:
+    out = open(args.output, "w", newline="") if args.output else sys.stdout
+  except OSError as e:
+    say(f"error: cannot write --output {args.output}: {e.strerror or e}")
+    return 2
+  writer = RowWriter(out, args.format, classifier.class_names)
+  start = time.perf_counter()
+  read = faces = errors = 0
+  try:
+    for item in expand_inputs(args.inputs):
+      if item.kind == "error":
+        rows = [Row(item.name, error=item.error)]
+      elif item.kind == "image":
+        target = os.path.join(args.annotate, item.annotate_name) if args.annotate else None
+        rows = predictor.image(item.path, item.name, target)
+        read += predictor.last_read
+      else:
+        target = os.path.join(args.annotate, _annotated_video_name(item.annotate_name)) if args.annotate else None
+        rows = []
+        for row in predictor.video(item.path, item.name, target):
+          rows.append(row)
+          if len(rows) >= 256:  # stream long videos
+            counts = _emit(writer, rows, say)
+            faces, errors, rows = faces + counts[0], errors + counts[1], []
+        read += predictor.last_read
+      counts = _emit(writer, rows, say)
+      faces, errors = faces + counts[0], errors + counts[1]
+      writer.flush()
+  finally:
+    if out is not sys.stdout:
+      out.close()
+  say(f"{faces} face(s) from {read} input(s) read, {errors} error row(s), in {time.perf_counter() - start:.1f} s.")
+  if not read:
+    say("error: no input could be read.")
+    return 1
+  return 0
+
+
+def _emit(writer: RowWriter, rows: list[Row], say: Callable[[str], None]) -> tuple[int, int]:
+  """Writes rows, reports their errors on stderr; returns (faces, errors)."""
+  for row in rows:
+    writer.write(row)
+    if row.error is not None:
+      say(f"{row.file}: {row.error}")
+  errors = sum(row.error is not None for row in rows)
+  return len(rows) - errors, errors
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,99 @@
+"""The jax.export artifact: same outputs as the checkpoint, any batch size, and a loader without flax."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fer_jax import export, inference, predict
+
+pytest.importorskip("flatbuffers", reason="jax.export serialization needs the 'flatbuffers' package")
+
+# The module-scoped training run of predict_test (imported: pytest shares nothing between modules).
+from predict_test import folder, loaded, synthetic_face, workdir  # noqa: E402,F401  pylint: disable=unused-import
+
+
+@pytest.fixture(scope="module")
+def artifact(loaded, tmp_path_factory) -> str:
+  return export.export_model(loaded, str(tmp_path_factory.mktemp("export") / "model.fer"))
+
+
+def faces(n: int, seed: int = 0) -> np.ndarray:
+  return np.random.default_rng(seed).integers(0, 256, (n, 48, 48, 1), dtype=np.uint8)
+
+
+def test_round_trip_equals_the_checkpoint(loaded, artifact):
+  model = export.load(artifact)
+  assert sorted(os.listdir(artifact)) == ["exported.bin", "model.json", "params.npz"]
+  assert model.class_names == loaded.prep.class_names and model.image_shape == (48, 48, 1)
+  assert model.metadata["platforms"] == ["cpu", "cuda", "tpu"] and model.metadata["source"]["step"] == 8
+  classifier = loaded.classifier(batch_size=8)
+  for n in (1, 3, 8, 13):  # one serialized function, any batch size
+    batch = faces(n, seed=n)
+    np.testing.assert_allclose(model(batch), classifier(batch), rtol=1e-6, atol=1e-7)
+
+
+def test_flip_tta_is_baked_in(loaded, tmp_path):
+  path = export.export_model(loaded, str(tmp_path / "flip.fer"), tta="flip", platforms=["cpu"])
+  model = export.load(path)
+  np.testing.assert_allclose(model(faces(5)), loaded.classifier(tta="flip")(faces(5)), rtol=1e-6, atol=1e-7)
+  with pytest.raises(export.ExportError, match="exported with tta='flip'"):
+    model.classifier(tta="ten_crop")
+
+
+LOADER = """
+import json, sys
+import numpy as np
+from fer_jax import export
+model = export.load(sys.argv[1])
+probs = model(np.load(sys.argv[2]))
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("flax", "optax", "orbax", "tensorflow_datasets")
+               or m in ("fer_jax.models", "fer_jax.train", "fer_jax.inference"))
+print(json.dumps({"probs": probs.tolist(), "heavy": heavy}))
+"""
+
+
+def test_loader_needs_neither_flax_nor_model_code(loaded, artifact, tmp_path):
+  batch = faces(4)
+  np.save(tmp_path / "faces.npy", batch)
+  out = subprocess.run([sys.executable, "-c", LOADER, artifact, str(tmp_path / "faces.npy")],
+                       capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result["heavy"] == []
+  np.testing.assert_allclose(np.array(result["probs"], np.float32), loaded.classifier()(batch), rtol=1e-6, atol=1e-7)
+
+
+def test_cli_and_predict_with_the_artifact(workdir, folder, tmp_path, capsys):
+  path = str(tmp_path / "cli.fer")
+  assert export.main(["--workdir", workdir, "--output", path, "--platforms", "cpu"]) == 0
+  assert export.main(["--workdir", workdir, "--output", path]) == 2
+  assert "exists: remove it or pass --overwrite" in capsys.readouterr().err
+  rows = {}
+  for name, source in {"checkpoint": ["--workdir", workdir], "exported": ["--exported", path]}.items():
+    rows[name] = tmp_path / f"{name}.csv"
+    assert predict.main([*source, str(folder), "--no-detect", "-o", str(rows[name])]) == 0
+  assert rows["exported"].read_text() == rows["checkpoint"].read_text()
+
+
+def test_errors_say_what_to_do(workdir, tmp_path, capsys):
+  with pytest.raises(export.ExportError, match="model.json is missing"):
+    export.load(str(tmp_path))
+  assert export.main(["--workdir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "x.fer")]) == 2
+  assert "does not exist" in capsys.readouterr().err
+  (tmp_path / "future").mkdir()
+  (tmp_path / "future" / "model.json").write_text(json.dumps({"format": export.FORMAT, "format_version": 99}))
+  with pytest.raises(export.ExportError, match="version 99"):
+    export.load(str(tmp_path / "future"))
+
+
+def test_preprocessing_travels_with_the_artifact(loaded, artifact):
+  prep = inference.Preprocessing.from_json(export.load(artifact).preprocessing)
+  assert prep == loaded.prep and prep.normalization == "standardize"
+  face = synthetic_face()
+  assert np.array_equal(prep.face_pixels(face), loaded.prep.face_pixels(face))

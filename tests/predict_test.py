@@ -1,0 +1,334 @@
+"""Prediction from a real (tiny) training run: loading, detection, CLI rows and formats, video, TTA, errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import pathlib
+
+import cv2
+import numpy as np
+import pytest
+
+from fer_jax import face_detection, inference, predict
+from train_test import tiny_config
+
+HAAR = face_detection.haar_available()
+needs_haar = pytest.mark.skipif(
+    not HAAR, reason=f"OpenCV {cv2.__version__} has no Haar cascade (CascadeClassifier and its XML ship with "
+    "opencv-python-headless < 5)")
+PASTE = (200, 140, 192)  # x, y, side of the face pasted into the 640x480 scene
+
+
+_TRAINED: dict[str, str] = {}  # export_test imports these fixtures: one training run for both modules
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, synthetic_tiny_dir) -> str:
+  """One tiny training run (checkpoints at steps 4 and 8), standardized inputs: shared by every test here."""
+  if "workdir" not in _TRAINED:
+    from fer_jax import train
+
+    config = tiny_config(synthetic_tiny_dir)
+    config.data.normalization = "standardize"
+    path = str(tmp_path_factory.mktemp("run"))
+    train.train_and_evaluate(config, path)
+    _TRAINED["workdir"] = path
+  return _TRAINED["workdir"]
+
+
+@pytest.fixture(scope="module")
+def loaded(workdir) -> inference.LoadedModel:
+  return inference.load(workdir)
+
+
+def synthetic_face(label: int = 3, seed: int = 0) -> np.ndarray:
+  from fer_jax import synthetic_faces
+  return synthetic_faces.draw_faces(np.array([label]), seed)[0]
+
+
+def scene(face: np.ndarray, x: int = PASTE[0], y: int = PASTE[1], side: int = PASTE[2]) -> np.ndarray:
+  """A 640x480 BGR frame: a grey gradient with noise and the face scaled up onto it."""
+  rng = np.random.default_rng(1)
+  frame = np.linspace(60, 200, 640)[None, :] + rng.normal(0, 8, (480, 640))
+  frame = np.clip(frame, 0, 255).astype(np.uint8)
+  frame[y:y + side, x:x + side] = cv2.resize(face, (side, side), interpolation=cv2.INTER_LINEAR)
+  return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+
+
+def iou(a, b) -> float:
+  ax, ay, aw, ah = a
+  bx, by, bw, bh = b
+  w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+  h = max(0, min(ay + ah, by + bh) - max(ay, by))
+  return w * h / (aw * ah + bw * bh - w * h)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> pathlib.Path:
+  """photos/: a face in a scene, an unreadable file, a blank image, an empty subfolder, a text file."""
+  root = tmp_path_factory.mktemp("inputs") / "photos"
+  (root / "empty").mkdir(parents=True)
+  cv2.imwrite(str(root / "face.png"), scene(synthetic_face()))
+  cv2.imwrite(str(root / "blank.png"), np.full((200, 300, 3), 128, np.uint8))
+  (root / "broken.jpg").write_bytes(b"this is not a JPEG")
+  (root / "notes.txt").write_text("not an image: ignored")
+  return root
+
+
+def write_video(path: pathlib.Path, frames: int = 6) -> None:
+  writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (640, 480))
+  assert writer.isOpened()
+  for i in range(frames):
+    writer.write(scene(synthetic_face(), x=PASTE[0] + 8 * i))
+  writer.release()
+
+
+def run(args: list[str], capsys) -> tuple[int, str]:
+  code = predict.main(args)
+  return code, capsys.readouterr().err
+
+
+def read_csv(path) -> list[dict[str, str]]:
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def test_detector_finds_an_upscaled_synthetic_face():
+  if not HAAR:
+    with pytest.raises(face_detection.DetectorUnavailableError, match=r"opencv-python-headless>=4.9,<5"):
+      face_detection.HaarFaceDetector()
+    pytest.skip(f"OpenCV {cv2.__version__} has no Haar cascade")
+  for preset in (face_detection.VIDEO, face_detection.IMAGE):
+    detector = face_detection.HaarFaceDetector(**preset)
+    boxes = detector(scene(synthetic_face()))
+    assert len(boxes) == 1 and iou(boxes[0], (PASTE[0], PASTE[1], PASTE[2], PASTE[2])) > 0.5, boxes
+    assert detector(np.full((480, 640, 3), 128, np.uint8)) == []
+
+
+def test_detector_unavailable_says_what_to_install(monkeypatch):
+  monkeypatch.setattr(face_detection, "_cascade_class", lambda: None)
+  with pytest.raises(face_detection.DetectorUnavailableError, match=r"opencv-python-headless>=4.9,<5.*--no-detect"):
+    face_detection.HaarFaceDetector()
+
+
+def test_preprocessing_rules():
+  card = {"dataset": "fer2013", "class_names": list("abcdefg"), "num_classes": 7, "image_shape": [48, 48, 1],
+          "crop_size": 0, "normalization": {"kind": "unit", "mean": None, "std": None}}
+  assert inference.Preprocessing.from_card(card).margin == 0.0  # FER2013: tight crops
+  expw = dict(card, dataset="expw", image_shape=[96, 96, 3])
+  # ExpW: label box (Haar box / 0.91) plus the builder's 0.2 margin on each side.
+  assert inference.Preprocessing.from_card(expw).margin == pytest.approx((1.4 / 0.91 - 1) / 2)
+  assert inference.Preprocessing.from_card(dict(expw, face_margin=0.3)).margin == pytest.approx((1.6 / 0.91 - 1) / 2)
+  prep = inference.Preprocessing.from_card(expw, margin=0.5)
+  bgr = np.zeros((100, 200, 3), np.uint8)
+  bgr[..., 2] = 255  # red in BGR
+  face = prep.face_pixels(bgr, (80, 40, 20, 20))  # grows to 40x40, clipped to the image
+  assert face.shape == (96, 96, 3) and (face[..., 0] == 255).all() and (face[..., 2] == 0).all()  # RGB
+  grey = inference.Preprocessing.from_card(card).face_pixels(bgr)
+  assert grey.shape == (48, 48, 1) and grey.dtype == np.uint8
+
+
+def test_centre_crop_and_colour_models():
+  """An ExpW-like model: RGB, standardized, trained on 8x8 crops of 12x12 images."""
+  import jax
+  import jax.numpy as jnp
+
+  from fer_jax import models
+
+  model = models.create_model("cnn", num_classes=7, dtype=jnp.float32, conv_features=(4,), dense_features=(8,))
+  prep = inference.Preprocessing(class_names=tuple("abcdefg"), image_shape=(12, 12, 3), crop_size=8,
+                                 normalization="standardize", mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+  assert prep.input_shape == (8, 8, 3)
+  variables = model.init({"params": jax.random.key(0)}, jnp.zeros((1, 8, 8, 3)), train=False)
+  faces = np.random.default_rng(0).integers(0, 256, (3, 12, 12, 3), dtype=np.uint8)
+  x = (faces.astype(np.float32) / 255 - np.float32(prep.mean)) / np.float32(prep.std)
+  expected = jax.nn.softmax(model.apply(variables, x[:, 2:10, 2:10], train=False))
+  got = inference.FaceClassifier(inference.probabilities_fn(model.apply, prep), variables, prep)(faces)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+  ten = inference.FaceClassifier(inference.probabilities_fn(model.apply, prep, "ten_crop"), variables, prep)
+  assert ten(faces).shape == (3, 7)
+
+
+def test_classifier_pads_batches_without_changing_results(loaded):
+  classifier = loaded.classifier(batch_size=4)
+  faces = np.random.default_rng(0).integers(0, 256, (7, 48, 48, 1), dtype=np.uint8)
+  together = classifier(faces)  # chunks of 4 and 3 (padded to 4)
+  one_by_one = np.concatenate([classifier(faces[i:i + 1]) for i in range(7)])
+  np.testing.assert_allclose(together, one_by_one, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(together.sum(axis=1), 1.0, rtol=1e-5)
+  assert inference.bucket_size(3, 32) == 4 and inference.bucket_size(33, 32) == 32
+  with pytest.raises(ValueError, match=r"uint8 \[N, 48, 48, 1\]"):
+    classifier(np.zeros((2, 32, 32, 1), np.uint8))
+
+
+def test_folder_without_detection_gives_exact_rows(loaded, workdir, folder, tmp_path, capsys):
+  out = tmp_path / "rows.csv"
+  code, err = run(["--workdir", workdir, str(folder), "--no-detect", "--output", str(out)], capsys)
+  assert code == 0
+  rows = read_csv(out)
+  assert list(rows[0]) == ["file", "frame", "face", "x", "y", "w", "h", "label", *loaded.prep.class_names, "error"]
+  got = [(r["file"], r["frame"], r["face"], r["x"], r["y"], r["w"], r["h"], r["error"]) for r in rows]
+  assert got == [
+      (str(folder / "blank.png"), "0", "0", "0", "0", "300", "200", ""),
+      (str(folder / "broken.jpg"), "", "", "", "", "", "", "not a decodable image (18 bytes)"),
+      (str(folder / "face.png"), "0", "0", "0", "0", "640", "480", ""),
+  ]
+  assert f"{folder / 'broken.jpg'}: not a decodable image" in err
+  # The probabilities are the classifier's on the whole image, resized like the dataset.
+  image = cv2.imread(str(folder / "face.png"))
+  expected = loaded.classifier()(loaded.prep.face_pixels(image)[None])[0]
+  probs = np.array([float(rows[2][c]) for c in loaded.prep.class_names])
+  np.testing.assert_allclose(probs, expected, atol=1e-6)
+  assert rows[2]["label"] == loaded.prep.class_names[int(np.argmax(expected))]
+
+
+@needs_haar
+def test_folder_with_detection_gives_exact_rows(workdir, folder, tmp_path, capsys):
+  out = tmp_path / "rows.csv"
+  code, err = run(["--workdir", workdir, str(folder), "--output", str(out)], capsys)
+  assert code == 0
+  rows = read_csv(out)
+  assert [(r["file"], r["frame"], r["face"], r["error"]) for r in rows] == [
+      (str(folder / "blank.png"), "0", "", "no face found"),
+      (str(folder / "broken.jpg"), "", "", "not a decodable image (18 bytes)"),
+      (str(folder / "face.png"), "0", "0", ""),
+  ]
+  box = tuple(int(rows[2][k]) for k in "xywh")
+  assert iou(box, (PASTE[0], PASTE[1], PASTE[2], PASTE[2])) > 0.5
+  assert f"{folder / 'blank.png'}: no face found" in err
+
+
+def test_jsonl_parses_and_probabilities_sum_to_one(loaded, workdir, folder, tmp_path, capsys):
+  out = tmp_path / "rows.jsonl"
+  code, _ = run(["--workdir", workdir, str(folder), "--no-detect", "--format", "jsonl", "-o", str(out)], capsys)
+  assert code == 0
+  lines = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [os.path.basename(line["file"]) for line in lines] == ["blank.png", "broken.jpg", "face.png"]
+  for line in lines:
+    assert set(line) == {"file", "frame", "face", "box", "label", "probabilities", "error"}
+    if line["error"] is None:
+      probs = line["probabilities"]
+      assert list(probs) == list(loaded.prep.class_names)
+      assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+      assert line["label"] == max(probs, key=probs.get)
+  assert lines[1]["error"].startswith("not a decodable image") and lines[1]["probabilities"] is None
+
+
+def test_csv_to_stdout(workdir, folder, capsys):
+  assert predict.main(["--workdir", workdir, str(folder / "face.png"), "--no-detect"]) == 0
+  rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+  assert len(rows) == 1 and rows[0]["error"] == ""
+  assert sum(float(rows[0][c]) for c in ("angry", "disgust", "fear", "happy", "sad", "surprise",
+                                          "neutral")) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_video_gives_a_row_per_frame_and_annotations(workdir, tmp_path, capsys):
+  video = tmp_path / "clip.mp4"
+  write_video(video, frames=6)
+  out, annotated = tmp_path / "rows.csv", tmp_path / "annotated"
+  detect = [] if HAAR else ["--no-detect"]
+  code, _ = run(["--workdir", workdir, str(video), str(tmp_path / "missing.png"), "--output", str(out),
+                 "--annotate", str(annotated), *detect], capsys)
+  assert code == 0
+  rows = read_csv(out)
+  assert [(r["frame"], r["face"]) for r in rows[:-1]] == [(str(i), "0") for i in range(6)]
+  assert rows[-1]["error"] == "no such file or directory"
+  if HAAR:  # the face moves 8 pixels right per frame
+    for i, r in enumerate(rows[:-1]):
+      assert iou(tuple(int(r[k]) for k in "xywh"), (PASTE[0] + 8 * i, PASTE[1], PASTE[2], PASTE[2])) > 0.5
+  capture = cv2.VideoCapture(str(annotated / "clip.mp4"))
+  frames = 0
+  while capture.read()[0]:
+    frames += 1
+  assert frames == 6
+
+
+def test_annotate_writes_images(workdir, folder, tmp_path, capsys):
+  annotated = tmp_path / "annotated"
+  code, _ = run(["--workdir", workdir, str(folder), "--no-detect", "--annotate", str(annotated),
+                 "-o", str(tmp_path / "rows.csv")], capsys)
+  assert code == 0
+  written = sorted(str(p.relative_to(annotated)) for p in annotated.rglob("*") if p.is_file())
+  assert written == ["photos/blank.png", "photos/face.png"]
+  drawn = cv2.imread(str(annotated / "photos/face.png"))
+  assert drawn.shape == (480, 640, 3)
+  assert not np.array_equal(drawn, cv2.imread(str(folder / "face.png")))  # the box and label are drawn
+
+
+def test_checkpoint_path_and_step(loaded, workdir, folder, tmp_path, capsys):
+  image = str(folder / "face.png")
+  outs = {}
+  for name, args in {"latest": ["--workdir", workdir], "path": ["--checkpoint", f"{workdir}/checkpoints/8"],
+                     "step4": ["--workdir", workdir, "--step", "4"]}.items():
+    outs[name] = tmp_path / f"{name}.csv"
+    assert run([*args, image, "--no-detect", "-o", str(outs[name])], capsys)[0] == 0
+  assert outs["latest"].read_text() == outs["path"].read_text()
+  assert outs["latest"].read_text() != outs["step4"].read_text()
+  assert loaded.step == 8 and inference.load(checkpoint=f"{workdir}/checkpoints/4").step == 4
+
+
+def test_bad_checkpoints_exit_2_with_a_message(workdir, folder, tmp_path, capsys):
+  image = str(folder / "face.png")
+  cases = {
+      "does not exist": ["--workdir", str(tmp_path / "nowhere")],
+      "checkpoints/99 does not exist": ["--checkpoint", f"{workdir}/checkpoints/99"],
+      "available steps: 4, 8": ["--workdir", workdir, "--step", "5"],
+      "no finished checkpoint": ["--workdir", str(tmp_path)],
+      "is not a checkpoint step directory": ["--checkpoint", f"{workdir}/checkpoints"],
+      "exactly one of": ["--workdir", workdir, "--checkpoint", f"{workdir}/checkpoints/8"],
+  }
+  (tmp_path / "checkpoints").mkdir()
+  for message, args in cases.items():
+    code, err = run([*args, image, "--no-detect"], capsys)
+    assert code == 2 and message in err, (args, err)
+  # A model.json that describes another network than the checkpoint holds.
+  card = json.loads((pathlib.Path(workdir) / "model.json").read_text())
+  card["config"]["model_kwargs"]["conv_features"] = [8, 32]
+  (tmp_path / "other.json").write_text(json.dumps(card))
+  code, err = run(["--workdir", workdir, "--model_card", str(tmp_path / "other.json"), image, "--no-detect"], capsys)
+  assert code == 2 and "does not match the model" in err and "Conv_1" in err
+
+
+def test_nothing_readable_exits_1(workdir, folder, tmp_path, capsys):
+  out = tmp_path / "rows.csv"
+  code, err = run(["--workdir", workdir, str(folder / "empty"), str(folder / "broken.jpg"),
+                   str(tmp_path / "missing.png"), "--no-detect", "-o", str(out)], capsys)
+  assert code == 1 and "no input could be read" in err
+  assert [(r["file"], r["error"]) for r in read_csv(out)] == [
+      (str(folder / "empty"), "no image or video files in this folder"),
+      (str(folder / "broken.jpg"), "not a decodable image (18 bytes)"),
+      (str(tmp_path / "missing.png"), "no such file or directory"),
+  ]
+
+
+def test_flip_tta_is_the_mean_of_plain_and_mirrored(loaded):
+  plain, flip = loaded.classifier(), loaded.classifier(tta="flip")
+  face = synthetic_face()[:, :, None]
+  faces = np.stack([face, face[:, ::-1]])
+  p = plain(faces)
+  np.testing.assert_allclose(flip(faces[:1])[0], (p[0] + p[1]) / 2, rtol=1e-5, atol=1e-7)
+  half = face[:, :24]
+  symmetric = np.concatenate([half, half[:, ::-1]], axis=1)[None]
+  np.testing.assert_allclose(flip(symmetric), plain(symmetric), rtol=1e-5, atol=1e-7)
+  with pytest.raises(ValueError, match="ten_crop.* needs a model trained on crops"):
+    loaded.classifier(tta="ten_crop")
+
+
+def test_real_fer2013_images(real_data, loaded):
+  """Real FER2013 crops: --no-detect keeps their pixels as the dataset stores them; the cascade finds them."""
+  paths = sorted((real_data / "fer2013" / "test" / "happy").glob("*.jpg"))[:20]
+  found = 0
+  detector = face_detection.HaarFaceDetector() if HAAR else None
+  for path in paths:
+    image, error = predict.read_image(str(path))
+    assert error == ""
+    grey = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    np.testing.assert_array_equal(loaded.prep.face_pixels(image)[..., 0], grey)
+    if detector is not None:
+      boxes = detector(scene(grey))
+      found += len(boxes) == 1 and iou(boxes[0], (PASTE[0], PASTE[1], PASTE[2], PASTE[2])) > 0.5
+  if detector is not None:
+    assert found >= 0.6 * len(paths), f"the cascade found {found} of {len(paths)} real faces"
