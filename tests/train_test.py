@@ -70,6 +70,28 @@ def test_train_then_eval_job_writes_reports(tmp_path, data_dir):
   assert eval_job.run(config, workdir) == []
 
 
+def test_every_optional_path_trains_and_evaluates(tmp_path, data_dir):
+  """Batch norm, bfloat16, SGD + plateau, class weights, smoothing, crops and ten-crop TTA together."""
+  config = tiny_config(data_dir)
+  config.model = "vgg"
+  config.model_kwargs = {"stage_features": (4, 4, 4, 4), "convs_per_stage": 1, "dense_features": (8,)}
+  config.dtype = "bfloat16"
+  config.optimizer, config.schedule, config.learning_rate = "sgd", "plateau", 0.01
+  config.weight_decay, config.grad_clip_norm, config.label_smoothing = 1e-4, 1.0, 0.1
+  config.class_weights = "balanced"
+  config.data.normalization = "standardize"
+  config.data.augment.crop_size, config.data.augment.erasing_prob = 40, 0.5
+  config.eval.tta = "flip,ten_crop"
+  config.num_train_steps = 4
+  workdir = str(tmp_path / "run")
+  last = train.train_and_evaluate(config, workdir)
+  assert np.isfinite(last["train_loss"]) and last["learning_rate"] == 0.01
+  assert eval_job.run(config, workdir) == [4]
+  report = json.loads((tmp_path / "run/eval/validation/step_4/metrics.json").read_text())
+  assert {"plain", "flip", "ten_crop"} <= set(report)
+  assert report["ten_crop"]["num_examples"] == report["plain"]["num_examples"] == 70
+
+
 def test_balanced_class_weights(data_dir):
   counts = train.input_pipeline.label_counts(tiny_config(data_dir))
   assert counts.sum() == train.input_pipeline.dataset_info(tiny_config(data_dir)).num_examples["train"]
