@@ -20,6 +20,7 @@ NORMALIZATIONS = ("unit", "standardize")
 CLASS_WEIGHTS = ("none", "balanced")
 TTA_VIEWS = ("flip", "ten_crop")
 EVAL_SPLITS = ("train", "validation", "test")
+NONFINITE = ("stop", "skip")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -76,6 +77,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.plateau_factor = 0.5
   c.label_smoothing = 0.0
   c.class_weights = "none"               # balanced: weight classes by inverse train frequency.
+  c.nonfinite = "stop"                   # A NaN/Inf loss or gradient: stop (keep the last good checkpoint)
+                                         # or skip that update (counted as the nonfinite_skipped scalar).
 
   c.log_every_steps = 50
   c.eval_every_steps = 500               # Validation inside the training job; also at each checkpoint.
@@ -112,7 +115,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
   """Raises ConfigError naming the field, its value and what is allowed, before any compute."""
   choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "dtype": DTYPES,
              "data.normalization": NORMALIZATIONS, "class_weights": CLASS_WEIGHTS,
-             "eval.split": EVAL_SPLITS, "model": tuple(models.MODELS)}
+             "eval.split": EVAL_SPLITS, "nonfinite": NONFINITE, "model": tuple(models.MODELS)}
   for field, allowed in choices.items():
     value = config
     for part in field.split("."):

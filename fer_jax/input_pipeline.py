@@ -27,6 +27,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 import threading
 import zlib
 from collections.abc import Mapping, Sequence
@@ -92,9 +93,11 @@ def _not_built_message(config: Any, builder: tfds.core.DatasetBuilder) -> str:
     how = (f"  python -m fer_jax.data build {name}{config_flag} --data_dir {data_dir}\n"
            "or call fer_jax.input_pipeline.ensure_built(config) (the trainer does).")
   else:
+    files = textwrap.indent(textwrap.dedent(type(builder).MANUAL_DOWNLOAD_INSTRUCTIONS or "").strip(), "    ")
     how = (f"  python -m fer_jax.data build {name}{config_flag} --data_dir {data_dir} "
            "--manual_dir <folder with the downloaded files>\n"
-           f"(tfds_builders/{name}/README.md says what to download). Or point config.data.data_dir "
+           f"where the manual_dir holds:\n{files}\n"
+           f"(more in tfds_builders/{name}/README.md). Or point config.data.data_dir "
            "(or $TFDS_DATA_DIR) at the folder where it was built.")
   return f"Dataset {name!r} is not built: nothing prepared under {builder.data_dir}. Build it with:\n{how}"
 

@@ -10,7 +10,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fer_jax import config_schema, distributed, eval_job, input_pipeline, train
+from fer_jax import checkpointing, config_schema, distributed, eval_job, input_pipeline, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A config file in configs/; override fields with --config.a.b=value.",
@@ -31,8 +31,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   try:
     run(argv)
-  except (config_schema.ConfigError, input_pipeline.DatasetNotBuiltError) as e:
-    # Mistakes the user fixes in the command line or config: the message, not a traceback.
+  except (config_schema.ConfigError, input_pipeline.DatasetNotBuiltError, checkpointing.WorkdirError,
+          train.NonFiniteError) as e:
+    # What the user fixes (command line, config, data, disk): the message, not a traceback.
     raise SystemExit(f"error: {e}") from None
 
 
@@ -47,8 +48,12 @@ def run(argv):
   logging.get_absl_handler().addFilter(lambda r: "/orbax/" not in r.pathname or r.levelno >= 30)
   workdir = os.path.abspath(FLAGS.workdir)
   if FLAGS.mode in ("train", "train_and_eval"):
-    train.train_and_evaluate(FLAGS.config, workdir)
+    trainer = train.Trainer(FLAGS.config, workdir)
+    trainer.train()
     print(f"TensorBoard logs: tensorboard --logdir {workdir}")
+    if trainer.preempted_at_step is not None:  # SIGTERM: checkpoint saved; exit 0, the rerun resumes.
+      print(f"Preempted: saved a checkpoint at step {trainer.preempted_at_step}; run the same command to resume.")
+      return
   if FLAGS.mode in ("eval", "train_and_eval"):
     timeout = 0.0 if FLAGS.mode == "train_and_eval" else None
     steps = eval_job.run(FLAGS.config, workdir, idle_timeout_s=timeout)

@@ -4,10 +4,14 @@ Reads top to bottom: data -> model and optimizer -> state (fresh or resumed) ->
 jitted step -> loop with logging, validation and asynchronous checkpoints.
 """
 
+import contextlib
 import functools
 import json
 import math
+import multiprocessing
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -66,8 +70,14 @@ def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, *, label_smoothing: 
 
 
 def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, base_key: jax.Array,
-               label_smoothing: float, class_weights: jnp.ndarray | None) -> tuple[TrainState, TrainMetrics]:
-  """One optimizer step on a global batch; dropout randomness is fold_in(seed, step)."""
+               label_smoothing: float, class_weights: jnp.ndarray | None,
+               skip_nonfinite: bool = False) -> tuple[TrainState, TrainMetrics, jnp.ndarray]:
+  """One optimizer step on a global batch; dropout randomness is fold_in(seed, step).
+
+  Also returns whether the loss and every gradient were finite. With
+  `skip_nonfinite`, a non-finite step keeps parameters, optimizer state and
+  batch-norm statistics unchanged (its batch is still consumed, the step still counts).
+  """
   dropout_key = jax.random.fold_in(base_key, state.step)
   has_bn = bool(state.batch_stats)
 
@@ -79,11 +89,51 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, base_key: ja
     return loss, (logits, updates)
 
   (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  finite = jnp.isfinite(loss)
+  for g in jax.tree.leaves(grads):
+    finite &= jnp.all(jnp.isfinite(g))
   param_updates, opt_state = state.tx.update(grads, state.opt_state, state.params, value=loss)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, param_updates),
                             opt_state=opt_state, batch_stats=updates["batch_stats"] if has_bn else state.batch_stats)
+  if skip_nonfinite:
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = new_state.replace(params=keep(new_state.params, state.params),
+                                  opt_state=keep(new_state.opt_state, state.opt_state),
+                                  batch_stats=keep(new_state.batch_stats, state.batch_stats))
   metrics = TrainMetrics.single_from_model_output(loss=loss, logits=logits, labels=batch["label"])
-  return new_state, metrics
+  return new_state, metrics, finite
+
+
+class NonFiniteError(RuntimeError):
+  """A NaN or Inf loss or gradient with config.nonfinite='stop'."""
+
+
+@contextlib.contextmanager
+def preemption_notice():
+  """Records SIGTERM (a preemption notice) instead of dying; yields a dict whose "signal" is set then.
+
+  Installed only in the main thread of the launching process (never in grain
+  workers); the previous handler comes back on exit. A second SIGTERM while
+  the checkpoint is being written ends the process the default way.
+  """
+  notice: dict[str, Any] = {"signal": None}
+  if threading.current_thread() is not threading.main_thread() or multiprocessing.parent_process() is not None:
+    yield notice
+    return
+
+  def handler(signum, frame):
+    del frame
+    if notice["signal"] is not None:
+      signal.signal(signum, signal.SIG_DFL)
+      os.kill(os.getpid(), signum)
+    notice["signal"] = signal.Signals(signum).name
+    logging.warning("%s received: finishing the current step, saving a checkpoint and exiting.", notice["signal"])
+
+  previous = signal.signal(signal.SIGTERM, handler)
+  try:
+    yield notice
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 MODEL_CARD = "model.json"
@@ -154,13 +204,20 @@ class Trainer:
     class_weights = None
     if config.class_weights == "balanced":
       class_weights = jnp.asarray(balanced_class_weights(input_pipeline.label_counts(config)))
-    self.train_step = jax.jit(
+    # (state, metrics, finite): the loop reads `finite` for the NaN policy; train_step() drops it.
+    self.checked_train_step = jax.jit(
         functools.partial(train_step, base_key=jax.random.key(config.seed), label_smoothing=config.label_smoothing,
-                          class_weights=class_weights),
+                          class_weights=class_weights, skip_nonfinite=config.nonfinite == "skip"),
         in_shardings=(self.replicated, parallel.data_sharding(self.mesh)),
-        out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+        out_shardings=(self.replicated, self.replicated, self.replicated), donate_argnums=0)
+    self.preempted_at_step: int | None = None  # Set by train() when it stopped on SIGTERM.
     self.evaluator = evaluation.Evaluator(self.model.apply, self.mesh, num_classes=self.info.num_classes,
                                           crop_size=config.data.augment.crop_size)
+
+  def train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, TrainMetrics]:
+    """One jitted step (state donated), for callers that drive their own loop."""
+    new_state, metrics, _ = self.checked_train_step(state, batch)
+    return new_state, metrics
 
   def validate(self, state: TrainState) -> dict[str, float]:
     eval_ds = input_pipeline.create_eval_dataset(self.config, self.config.data.eval_split,
@@ -170,9 +227,39 @@ class Trainer:
     accuracy = float(np.trace(confusion) / max(confusion.sum(), 1))
     return {"val_loss": loss, checkpointing.VAL_ACCURACY: accuracy}
 
+  def _check_finite(self, pending: list[tuple[int, jax.Array]], manager: Any) -> int:
+    """How many of the `pending` (step, finite) flags were non-finite; with nonfinite='stop' raises instead.
+
+    Read in batches (at log, validation and save steps), not every step, so the
+    device never waits on the host; a non-finite state is never saved.
+    """
+    if not pending:
+      return 0
+    flags = jax.device_get([f for _, f in pending])
+    bad = [s for (s, _), ok in zip(pending, flags) if not ok]
+    pending.clear()
+    if bad and self.config.nonfinite == "stop":
+      manager.wait_until_finished()
+      latest = manager.latest_step()
+      kept = (f"the last good checkpoint, step {latest}, is kept in {checkpointing.checkpoint_dir(self.workdir)}"
+              if latest is not None else "no checkpoint was saved before it")
+      raise NonFiniteError(
+          f"Step {bad[0]}: the loss or a gradient is NaN or Inf; training stopped and {kept}. Lower "
+          "config.learning_rate, set config.grad_clip_norm, check the input data, or set "
+          "config.nonfinite='skip' to skip such updates.")
+    for s in bad:
+      logging.warning("Step %d: non-finite loss or gradient; the update was skipped (config.nonfinite='skip').", s)
+    return len(bad)
+
   def train(self) -> dict[str, float]:
-    """Trains to `total_steps`, resuming from the latest checkpoint in the workdir; returns last metrics."""
+    """Trains to `total_steps`, resuming from the latest checkpoint in the workdir; returns last metrics.
+
+    On SIGTERM it finishes the current step, saves a checkpoint at that step
+    and returns early with `self.preempted_at_step` set.
+    """
     config, workdir = self.config, self.workdir
+    checkpointing.check_workdir(workdir, checkpointing.state_bytes(self.abstract_state),
+                                config.keep_checkpoints + config.keep_best_checkpoints)
     writer = tensorboard_writer.create_writer(workdir, just_logging=jax.process_index() > 0)
     write_model_card(config, workdir, self.info)
     manager = checkpointing.create_manager(workdir, config)
@@ -194,42 +281,68 @@ class Trainer:
 
     last: dict[str, float] = {}
     window: list[TrainMetrics] = []
+    pending_finite: list[tuple[int, jax.Array]] = []
+    skipped = 0
     window_start, window_steps = time.perf_counter(), 0
-    while step < self.total_steps:
-      batch = parallel.global_batch(next(train_iter), self.mesh)
-      state, step_metrics = self.train_step(state, batch)
-      window.append(step_metrics)
-      step += 1
-      window_steps += 1
-      is_last = step == self.total_steps
-      if step % config.log_every_steps == 0 or is_last:
-        summary = functools.reduce(lambda a, b: a.merge(b), window).compute()
-        elapsed = time.perf_counter() - window_start
-        scale = float(jax.device_get(optimizers.plateau_scale(state.opt_state)))
-        last = {"train_loss": float(summary["loss"]), "train_accuracy": float(summary["accuracy"]),
-                "learning_rate": float(self.schedule(step)) * scale,
-                "images_per_sec": window_steps * config.batch_size / elapsed,
-                "step_time_ms": 1000 * elapsed / window_steps}
-        writer.write_scalars(step, last)
-        eta = (self.total_steps - step) * elapsed / window_steps
-        logging.info("step %d/%d (epoch %.2f) loss %.4f acc %.3f lr %.2e %.0f img/s ETA %s", step,
-                     self.total_steps, step / self.steps_per_epoch, last["train_loss"], last["train_accuracy"],
-                     last["learning_rate"], last["images_per_sec"], time.strftime("%H:%M:%S", time.gmtime(eta)))
-        window, window_start, window_steps = [], time.perf_counter(), 0
-      save_now = step % config.checkpoint_every_steps == 0 or is_last
-      if step % config.eval_every_steps == 0 or save_now:
-        val = self.validate(state)
-        writer.write_scalars(step, val)
-        last.update(val)
-        logging.info("step %d validation (%s): loss %.4f accuracy %.4f", step, config.data.eval_split,
-                     val["val_loss"], val[checkpointing.VAL_ACCURACY])
-        window_start = time.perf_counter()  # Validation time is not training throughput.
-      if save_now:
-        checkpointing.save(manager, step, state, train_iter, metrics=val)
-    manager.wait_until_finished()
-    manager.close()
-    writer.flush()
-    writer.close()
+    self.preempted_at_step = None
+    try:
+      with preemption_notice() as notice:
+        while step < self.total_steps:
+          batch = parallel.global_batch(next(train_iter), self.mesh)
+          state, step_metrics, finite = self.checked_train_step(state, batch)
+          window.append(step_metrics)
+          step += 1
+          pending_finite.append((step, finite))
+          window_steps += 1
+          is_last = step == self.total_steps
+          if step % config.log_every_steps == 0 or is_last:
+            skipped += self._check_finite(pending_finite, manager)
+            summary = functools.reduce(lambda a, b: a.merge(b), window).compute()
+            elapsed = time.perf_counter() - window_start
+            scale = float(jax.device_get(optimizers.plateau_scale(state.opt_state)))
+            last = {"train_loss": float(summary["loss"]), "train_accuracy": float(summary["accuracy"]),
+                    "learning_rate": float(self.schedule(step)) * scale,
+                    "images_per_sec": window_steps * config.batch_size / elapsed,
+                    "step_time_ms": 1000 * elapsed / window_steps}
+            if config.nonfinite == "skip":
+              last["nonfinite_skipped"] = float(skipped)  # In this window.
+              skipped = 0
+            writer.write_scalars(step, last)
+            eta = (self.total_steps - step) * elapsed / window_steps
+            logging.info("step %d/%d (epoch %.2f) loss %.4f acc %.3f lr %.2e %.0f img/s ETA %s", step,
+                         self.total_steps, step / self.steps_per_epoch, last["train_loss"], last["train_accuracy"],
+                         last["learning_rate"], last["images_per_sec"], time.strftime("%H:%M:%S", time.gmtime(eta)))
+            window, window_start, window_steps = [], time.perf_counter(), 0
+          # One process's clock or signal must not split the processes: multi-process runs follow process 0.
+          preempt = notice["signal"] is not None
+          if jax.process_count() > 1:
+            preempt = (distributed.from_process_0(preempt) if step % config.log_every_steps == 0 or is_last
+                       else False)
+          save_now = step % config.checkpoint_every_steps == 0 or is_last
+          if step % config.eval_every_steps == 0 or save_now or preempt:
+            skipped += self._check_finite(pending_finite, manager)  # Never validate or save a NaN state.
+          if step % config.eval_every_steps == 0 or save_now:
+            val = self.validate(state)
+            writer.write_scalars(step, val)
+            last.update(val)
+            logging.info("step %d validation (%s): loss %.4f accuracy %.4f", step, config.data.eval_split,
+                         val["val_loss"], val[checkpointing.VAL_ACCURACY])
+            window_start = time.perf_counter()  # Validation time is not training throughput.
+          if save_now:
+            checkpointing.save(manager, step, state, train_iter, metrics=val)
+          elif preempt:  # Not validated: kept by latest-N, left out of the best-N ranking.
+            checkpointing.save(manager, step, state, train_iter, metrics=None)
+          if preempt:
+            manager.wait_until_finished()
+            self.preempted_at_step = step
+            logging.warning("Preempted (%s): saved step %d in %s; run the same command again to resume.",
+                            notice["signal"], step, checkpointing.checkpoint_dir(workdir))
+            break
+    finally:
+      manager.wait_until_finished()  # A save already started (of a checked, finite state) completes.
+      manager.close()
+      writer.flush()
+      writer.close()
     return last
 
 

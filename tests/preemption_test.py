@@ -1,0 +1,148 @@
+"""Training killed (SIGKILL) or preempted (SIGTERM) and restarted ends bitwise equal to an uninterrupted run.
+
+The trainer runs as `python -m fer_jax.main` in a subprocess; the uninterrupted
+reference runs in this process with the same config (CPU results are bitwise
+reproducible across processes).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from fer_jax import checkpointing, eval_job, train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from train_test import params_of, tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+CONFIG_FILE = """
+import sys
+sys.path.insert(0, {tests!r})
+from train_test import tiny_config
+
+def get_config():
+  config = tiny_config({data_dir!r})
+  config.update({overrides!r})
+  return config
+"""
+
+
+def write_config(tmp_path: pathlib.Path, data_dir: str, **overrides) -> tuple[str, "ml_collections.ConfigDict"]:
+  path = tmp_path / f"config_{len(list(tmp_path.glob('config_*.py')))}.py"
+  path.write_text(CONFIG_FILE.format(tests=str(REPO / "tests"), data_dir=data_dir, overrides=overrides))
+  config = tiny_config(data_dir)
+  config.update(overrides)
+  return str(path), config
+
+
+def start(config_file: str, workdir: str, log: pathlib.Path) -> subprocess.Popen:
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  with open(log, "ab") as f:
+    return subprocess.Popen([sys.executable, "-m", "fer_jax.main", "--config", config_file, "--workdir", workdir],
+                            cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+
+
+def finalized_steps(workdir: str) -> list[int]:
+  ckpt = checkpointing.checkpoint_dir(workdir)
+  return sorted(int(n) for n in os.listdir(ckpt) if n.isdigit()) if os.path.isdir(ckpt) else []
+
+
+def tmp_dirs(workdir: str) -> list[str]:
+  ckpt = checkpointing.checkpoint_dir(workdir)
+  return [n for n in os.listdir(ckpt) if ".orbax-checkpoint-tmp" in n] if os.path.isdir(ckpt) else []
+
+
+def assert_same_params(reference: str, other: str, config) -> None:
+  for a, b in zip(params_of(reference, config), params_of(other, config), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(tmp_path, synthetic_tiny_dir):
+  overrides = dict(num_train_steps=24, checkpoint_every_steps=1, eval_every_steps=1, log_every_steps=1,
+                   keep_checkpoints=2)
+  config_file, config = write_config(tmp_path, synthetic_tiny_dir, **overrides)
+  reference = str(tmp_path / "reference")
+  train.train_and_evaluate(config, reference)
+
+  workdir, log = str(tmp_path / "killed"), tmp_path / "killed.log"
+  rng = random.Random(0)
+  kills, mid_save_kills, after_mid_save = 0, 0, None
+  while kills < 6:
+    proc = start(config_file, workdir, log)
+    before = max(finalized_steps(workdir), default=0)
+    aim_mid_save = kills in (1, 3, 5)  # Kill the moment a save's temporary directory shows up.
+    delay = rng.uniform(0.0, 0.4)
+    progressed_at = None
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+      if aim_mid_save and tmp_dirs(workdir):
+        os.kill(proc.pid, signal.SIGKILL)
+        # The kill may land just after orbax's rename: count it mid-save only if a temp dir is left.
+        proc.wait()
+        if tmp_dirs(workdir):
+          mid_save_kills += 1
+          if after_mid_save is None:
+            after_mid_save = str(tmp_path / "after_mid_save")
+            shutil.copytree(workdir, after_mid_save)
+        break
+      if not aim_mid_save and max(finalized_steps(workdir), default=0) > before:
+        progressed_at = progressed_at or time.monotonic()
+        if time.monotonic() - progressed_at >= delay:
+          os.kill(proc.pid, signal.SIGKILL)
+          break
+      time.sleep(0.001)
+    rc = proc.wait(timeout=30)
+    assert rc == -signal.SIGKILL, f"run {kills} ended on its own (rc {rc}) before it was killed:\n" + log.read_text()[-3000:]
+    kills += 1
+  assert mid_save_kills >= 1, "no kill landed during a checkpoint save"
+  assert max(finalized_steps(workdir)) < config.num_train_steps
+
+  proc = start(config_file, workdir, log)
+  assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+  assert finalized_steps(workdir)[-1] == config.num_train_steps
+  assert not tmp_dirs(workdir), "a restart removes the temporary directories of killed saves"
+  assert_same_params(reference, workdir, config)
+
+  # The evaluation job, run on the workdir as the mid-save kill left it, scores only finalized steps.
+  assert tmp_dirs(after_mid_save)
+  steps = eval_job.run(config, after_mid_save, idle_timeout_s=0.0)
+  assert steps == finalized_steps(after_mid_save) and steps
+
+
+def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path, synthetic_tiny_dir):
+  overrides = dict(num_train_steps=400, checkpoint_every_steps=1000, eval_every_steps=1000, log_every_steps=2)
+  config_file, config = write_config(tmp_path, synthetic_tiny_dir, **overrides)
+  workdir, log = str(tmp_path / "preempted"), tmp_path / "preempted.log"
+  proc = start(config_file, workdir, log)
+  deadline = time.monotonic() + 120
+  while "step 4/400" not in log.read_text() and time.monotonic() < deadline:
+    assert proc.poll() is None, log.read_text()[-3000:]
+    time.sleep(0.05)
+  sent = time.monotonic()
+  proc.send_signal(signal.SIGTERM)
+  rc = proc.wait(timeout=60)
+  took = time.monotonic() - sent
+  out = log.read_text()
+  assert rc == 0, out[-3000:]
+  assert took < 30, f"took {took:.1f} s to save and exit after SIGTERM"
+  saved = finalized_steps(workdir)
+  assert len(saved) == 1 and 4 <= saved[0] < 400, (saved, out[-2000:])
+  assert f"Preempted: saved a checkpoint at step {saved[0]}" in out
+
+  proc = start(config_file, workdir, log)  # The rerun resumes from the preemption checkpoint.
+  assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+  assert f"Resumed from {checkpointing.checkpoint_dir(workdir)} at step {saved[0]}" in log.read_text()
+  reference = str(tmp_path / "reference")
+  train.train_and_evaluate(config, reference)
+  assert_same_params(reference, workdir, config)
