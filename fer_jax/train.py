@@ -181,6 +181,36 @@ def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -
   return max(1, int(math.ceil(config.num_epochs * steps_per_epoch)))
 
 
+class ProgressWindow:
+  """Training metrics, throughput and ETA over the steps since the last log line."""
+
+  def __init__(self, total_steps: int, steps_per_epoch: int, batch_size: int):
+    self.total_steps, self.steps_per_epoch, self.batch_size = total_steps, steps_per_epoch, batch_size
+    self._metrics: list[TrainMetrics] = []
+    self.restart_clock()
+
+  def restart_clock(self) -> None:
+    self._start = time.perf_counter()
+
+  def add(self, metrics: TrainMetrics) -> None:
+    self._metrics.append(metrics)
+
+  def report(self, step: int, learning_rate: float) -> dict[str, float]:
+    """Scalars for the window (then emptied), and the console progress line with ETA."""
+    summary = functools.reduce(lambda a, b: a.merge(b), self._metrics).compute()
+    steps, elapsed = len(self._metrics), time.perf_counter() - self._start
+    scalars = {"train_loss": float(summary["loss"]), "train_accuracy": float(summary["accuracy"]),
+               "learning_rate": learning_rate, "images_per_sec": steps * self.batch_size / elapsed,
+               "step_time_ms": 1000 * elapsed / steps}
+    eta = (self.total_steps - step) * elapsed / steps
+    logging.info("step %d/%d (epoch %.2f) loss %.4f acc %.3f lr %.2e %.0f img/s ETA %s", step, self.total_steps,
+                 step / self.steps_per_epoch, scalars["train_loss"], scalars["train_accuracy"], learning_rate,
+                 scalars["images_per_sec"], time.strftime("%H:%M:%S", time.gmtime(eta)))
+    self._metrics = []
+    self.restart_clock()
+    return scalars
+
+
 class Trainer:
   """Everything a run needs, built once from the config; `train()` runs the loop."""
 
@@ -251,6 +281,22 @@ class Trainer:
       logging.warning("Step %d: non-finite loss or gradient; the update was skipped (config.nonfinite='skip').", s)
     return len(bad)
 
+  def _restore_or_init(self, manager: Any, train_iter: Any, writer: Any) -> TrainState:
+    """The latest checkpoint's state (the iterator moved to its position), or a fresh one."""
+    config = self.config
+    latest = manager.latest_step()
+    if latest is not None:
+      state = checkpointing.restore(manager, latest, self.abstract_state, train_iter)
+      logging.info("Resumed from %s at step %d.", checkpointing.checkpoint_dir(self.workdir), latest)
+      return state
+    state = self._init_state()
+    writer.write_hparams(config.to_dict())
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    logging.info("Model %s: %s parameters; %d steps (%d per epoch) at global batch %d on %d device(s).",
+                 config.model, f"{num_params:,}", self.total_steps, self.steps_per_epoch, config.batch_size,
+                 jax.device_count())
+    return state
+
   def train(self) -> dict[str, float]:
     """Trains to `total_steps`, resuming from the latest checkpoint in the workdir; returns last metrics.
 
@@ -265,54 +311,31 @@ class Trainer:
     manager = checkpointing.create_manager(workdir, config)
     train_iter = iter(input_pipeline.create_train_dataset(
         config, process_index=jax.process_index(), process_count=jax.process_count()))
-    latest = manager.latest_step()
-    if latest is not None:
-      state = checkpointing.restore(manager, latest, self.abstract_state, train_iter)
-      logging.info("Resumed from %s at step %d.", checkpointing.checkpoint_dir(workdir), latest)
-    else:
-      state = self._init_state()
-      writer.write_hparams(config.to_dict())
+    state = self._restore_or_init(manager, train_iter, writer)
     step = int(jax.device_get(state.step))
-    if step == 0:
-      num_params = sum(x.size for x in jax.tree.leaves(state.params))
-      logging.info("Model %s: %s parameters; %d steps (%d per epoch) at global batch %d on %d device(s).",
-                   config.model, f"{num_params:,}", self.total_steps, self.steps_per_epoch, config.batch_size,
-                   jax.device_count())
 
     last: dict[str, float] = {}
-    window: list[TrainMetrics] = []
+    progress = ProgressWindow(self.total_steps, self.steps_per_epoch, config.batch_size)
     pending_finite: list[tuple[int, jax.Array]] = []
     skipped = 0
-    window_start, window_steps = time.perf_counter(), 0
     self.preempted_at_step = None
     try:
       with preemption_notice() as notice:
         while step < self.total_steps:
           batch = parallel.global_batch(next(train_iter), self.mesh)
           state, step_metrics, finite = self.checked_train_step(state, batch)
-          window.append(step_metrics)
           step += 1
+          progress.add(step_metrics)
           pending_finite.append((step, finite))
-          window_steps += 1
           is_last = step == self.total_steps
           if step % config.log_every_steps == 0 or is_last:
             skipped += self._check_finite(pending_finite, manager)
-            summary = functools.reduce(lambda a, b: a.merge(b), window).compute()
-            elapsed = time.perf_counter() - window_start
             scale = float(jax.device_get(optimizers.plateau_scale(state.opt_state)))
-            last = {"train_loss": float(summary["loss"]), "train_accuracy": float(summary["accuracy"]),
-                    "learning_rate": float(self.schedule(step)) * scale,
-                    "images_per_sec": window_steps * config.batch_size / elapsed,
-                    "step_time_ms": 1000 * elapsed / window_steps}
+            last = progress.report(step, float(self.schedule(step)) * scale)
             if config.nonfinite == "skip":
               last["nonfinite_skipped"] = float(skipped)  # In this window.
               skipped = 0
             writer.write_scalars(step, last)
-            eta = (self.total_steps - step) * elapsed / window_steps
-            logging.info("step %d/%d (epoch %.2f) loss %.4f acc %.3f lr %.2e %.0f img/s ETA %s", step,
-                         self.total_steps, step / self.steps_per_epoch, last["train_loss"], last["train_accuracy"],
-                         last["learning_rate"], last["images_per_sec"], time.strftime("%H:%M:%S", time.gmtime(eta)))
-            window, window_start, window_steps = [], time.perf_counter(), 0
           # One process's clock or signal must not split the processes: multi-process runs follow process 0.
           preempt = notice["signal"] is not None
           if jax.process_count() > 1:
@@ -327,7 +350,7 @@ class Trainer:
             last.update(val)
             logging.info("step %d validation (%s): loss %.4f accuracy %.4f", step, config.data.eval_split,
                          val["val_loss"], val[checkpointing.VAL_ACCURACY])
-            window_start = time.perf_counter()  # Validation time is not training throughput.
+            progress.restart_clock()  # Validation time is not training throughput.
           if save_now:
             checkpointing.save(manager, step, state, train_iter, metrics=val)
           elif preempt:  # Not validated: kept by latest-N, left out of the best-N ranking.
