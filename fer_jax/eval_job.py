@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fer_jax import checkpointing, config_schema, evaluation, input_pipeline, parallel, tensorboard_writer, train
+from fer_jax import checkpointing, config_schema, evaluation, input_pipeline, tensorboard_writer, train
 from fer_jax import distributed
 
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-import jax
+import ml_collections
 import numpy as np
 
 from fer_jax import checkpointing, eval_job, train
@@ -37,7 +37,7 @@ def get_config():
 """
 
 
-def write_config(tmp_path: pathlib.Path, data_dir: str, **overrides) -> tuple[str, "ml_collections.ConfigDict"]:
+def write_config(tmp_path: pathlib.Path, data_dir: str, **overrides) -> tuple[str, ml_collections.ConfigDict]:
   path = tmp_path / f"config_{len(list(tmp_path.glob('config_*.py')))}.py"
   path.write_text(CONFIG_FILE.format(tests=str(REPO / "tests"), data_dir=data_dir, overrides=overrides))
   config = tiny_config(data_dir)

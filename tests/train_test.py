@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -17,7 +18,7 @@ from fer_jax import checkpointing, config_schema, eval_job, train
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def tiny_config(data_dir: str) -> "ml_collections.ConfigDict":
+def tiny_config(data_dir: str) -> ml_collections.ConfigDict:
   config = config_schema.base_config()
   config.data.name = "synthetic_faces"
   config.data.config = "tiny"
