@@ -10,7 +10,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fer_jax import checkpointing, config_schema, distributed, eval_job, input_pipeline, train
+from fer_jax import checkpointing, config_schema, distributed, eval_job, host_allocator, input_pipeline, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A config file in configs/; override fields with --config.a.b=value.",
@@ -41,6 +41,7 @@ def run(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
+  host_allocator.keep_freed_memory()  # Before JAX starts its threads (see host_allocator.py).
   # Before anything touches a device; only here, never at import: grain workers import this module.
   distributed.initialize(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
                          num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
