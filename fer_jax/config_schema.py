@@ -21,6 +21,7 @@ CLASS_WEIGHTS = ("none", "balanced")
 TTA_VIEWS = ("flip", "ten_crop")
 EVAL_SPLITS = ("train", "validation", "test")
 NONFINITE = ("stop", "skip")
+CONV_IMPLS = ("auto", "im2col", "xla")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -57,6 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = "cnn"                        # A key of fer_jax.models.MODELS.
   c.model_kwargs = ml_collections.ConfigDict()
   c.dtype = "float32"                    # Compute dtype; parameters stay float32.
+  c.conv_impl = "auto"                   # How stride-1 convolutions are computed: im2col (matrix products, the
+                                         # fast route on CPU), xla (XLA's own), auto = im2col on CPU, else xla.
 
   c.batch_size = 64                      # Global, across all devices and hosts.
   c.eval_batch_size = 256
@@ -115,7 +118,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
   """Raises ConfigError naming the field, its value and what is allowed, before any compute."""
   choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "dtype": DTYPES,
              "data.normalization": NORMALIZATIONS, "class_weights": CLASS_WEIGHTS,
-             "eval.split": EVAL_SPLITS, "nonfinite": NONFINITE, "model": tuple(models.MODELS)}
+             "eval.split": EVAL_SPLITS, "nonfinite": NONFINITE, "model": tuple(models.MODELS),
+             "conv_impl": CONV_IMPLS}
   for field, allowed in choices.items():
     value = config
     for part in field.split("."):

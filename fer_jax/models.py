@@ -2,7 +2,10 @@
 
 All models take images [N, H, W, C] in [0, 1] (or standardized) and return
 float32 logits [N, num_classes]. `dtype` is the compute dtype (bfloat16 on
-accelerators); parameters stay float32.
+accelerators); parameters stay float32. `conv` is the function the
+convolutions call (lax.conv_general_dilated when None); train.py passes
+fer_jax.im2col_conv's on CPU. It changes how convolutions are computed, not
+the parameters or what they compute.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fer_jax import pooling
+
 Dtype = Any
+ConvFn = Callable[..., Any] | None
 
 
 class CNN(nn.Module):
@@ -26,14 +32,14 @@ class CNN(nn.Module):
   conv_dropout: float = 0.25
   dense_dropout: float = 0.5
   dtype: Dtype = jnp.float32
+  conv: ConvFn = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     x = x.astype(self.dtype)
     for features in self.conv_features:
-      x = nn.Conv(features, (3, 3), padding="SAME", dtype=self.dtype)(x)
-      x = nn.relu(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = nn.Conv(features, (3, 3), padding="SAME", dtype=self.dtype, conv_general_dilated=self.conv)(x)
+      x = pooling.max_pool_2x2(nn.relu(x))
       x = nn.Dropout(self.conv_dropout, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
     for features in self.dense_features:
@@ -55,6 +61,7 @@ class VGG(nn.Module):
   dense_features: Sequence[int] = (1024, 1024)
   dropout: float = 0.5
   dtype: Dtype = jnp.float32
+  conv: ConvFn = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -62,9 +69,10 @@ class VGG(nn.Module):
     norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)
     for features in self.stage_features:
       for _ in range(self.convs_per_stage):
-        x = nn.Conv(features, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype)(x)
+        x = nn.Conv(features, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype,
+                    conv_general_dilated=self.conv)(x)
         x = nn.relu(norm()(x))
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = pooling.max_pool_2x2(x)
     x = x.reshape((x.shape[0], -1))
     for features in self.dense_features:
       x = nn.relu(nn.Dense(features, dtype=self.dtype)(x))
@@ -77,11 +85,13 @@ class ResidualBlock(nn.Module):
   features: int
   strides: int = 1
   dtype: Dtype = jnp.float32
+  conv_fn: ConvFn = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     norm = lambda **kw: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, **kw)
-    conv = lambda f, k, s: nn.Conv(f, (k, k), (s, s), padding="SAME", use_bias=False, dtype=self.dtype)
+    conv = lambda f, k, s: nn.Conv(f, (k, k), (s, s), padding="SAME", use_bias=False, dtype=self.dtype,
+                                   conv_general_dilated=self.conv_fn)
     y = nn.relu(norm()(conv(self.features, 3, self.strides)(x)))
     y = norm(scale_init=nn.initializers.zeros)(conv(self.features, 3, 1)(y))
     if x.shape != y.shape:
@@ -97,6 +107,7 @@ class ResNet(nn.Module):
   stem: str = "imagenet"
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
+  conv: ConvFn = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -106,11 +117,13 @@ class ResNet(nn.Module):
       x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
     else:
-      x = nn.Conv(self.stage_features[0], (3, 3), padding="SAME", use_bias=False, dtype=self.dtype)(x)
+      x = nn.Conv(self.stage_features[0], (3, 3), padding="SAME", use_bias=False, dtype=self.dtype,
+                  conv_general_dilated=self.conv)(x)
       x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x))
     for i, (blocks, features) in enumerate(zip(self.stage_sizes, self.stage_features)):
       for j in range(blocks):
-        x = ResidualBlock(features, strides=2 if i > 0 and j == 0 else 1, dtype=self.dtype)(x, train)
+        x = ResidualBlock(features, strides=2 if i > 0 and j == 0 else 1, dtype=self.dtype,
+                          conv_fn=self.conv)(x, train)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)

@@ -27,7 +27,7 @@ from clu import metrics as clu_metrics
 from flax.training import train_state
 
 from fer_jax import checkpointing, config_schema, evaluation, input_pipeline, models, optimizers, parallel
-from fer_jax import distributed, tensorboard_writer
+from fer_jax import distributed, im2col_conv, tensorboard_writer
 
 
 class TrainState(train_state.TrainState):
@@ -43,7 +43,16 @@ class TrainMetrics(clu_metrics.Collection):
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
   dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-  return models.create_model(config.model, num_classes=num_classes, dtype=dtype, **config.model_kwargs.to_dict())
+  return models.create_model(config.model, num_classes=num_classes, dtype=dtype, conv=conv_function(config),
+                             **config.model_kwargs.to_dict())
+
+
+def conv_function(config: ml_collections.ConfigDict) -> Any:
+  """What the models' convolutions call: im2col matrix products on CPU (see im2col_conv.py), else XLA's."""
+  impl = config.get("conv_impl", "auto")
+  if impl == "im2col" or (impl == "auto" and jax.default_backend() == "cpu"):
+    return im2col_conv.conv_general_dilated
+  return None
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, ...],
