@@ -1,0 +1,142 @@
+"""fer_jax's side of the side-by-side benchmarks: one training step or one inference call, timed on request.
+
+Run by bench/train_step.py, bench/inference.py and bench/end_to_end.py (see
+bench/worker_protocol.py); by hand:
+
+    python bench/fer_jax_worker.py --model cnn --task train     # then type: time 20
+
+--variant picks what is measured, so that each speed-up is measured alone:
+  plain      textbook Flax: nn.Conv (XLA's convolutions), nn.max_pool, glibc malloc as it comes
+  +malloc    plain, with fer_jax.host_allocator (no per-step page faults)
+  +pool      +malloc, with fer_jax.pooling.max_pool_2x2
+  fer_jax    what `python -m fer_jax.main` trains: fer_jax.models with train.conv_function (im2col on CPU)
+--input pipeline (train only) feeds each step from the grain training pipeline
+with augmentation (the trainer's own loop) instead of one in-memory batch.
+
+Same step as the trainer (fer_jax.train.train_step: dropout, cross-entropy,
+Adam 1e-3), same architectures as bench/peers/*_worker.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, BENCH_DIR)
+sys.path.insert(0, os.path.dirname(BENCH_DIR))
+
+VARIANTS = ("plain", "+malloc", "+pool", "fer_jax")
+
+
+def textbook_model(name: str, pool):
+  """The seeds' CNN / the VGG as a Flax user writes them, with a choice of pooling function."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class CNN(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      for features in (32, 64, 128):
+        x = pool(nn.relu(nn.Conv(features, (3, 3), padding="SAME")(x)))
+        x = nn.Dropout(0.25, deterministic=not train)(x)
+      x = x.reshape((x.shape[0], -1))
+      for features in (256, 128):
+        x = nn.Dropout(0.5, deterministic=not train)(nn.relu(nn.Dense(features)(x)))
+      return nn.Dense(7)(x)
+
+  class VGG(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      for features in (64, 128, 256, 512):
+        for _ in range(2):
+          x = nn.Conv(features, (3, 3), padding="SAME", use_bias=False)(x)
+          x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+        x = pool(x)
+      x = x.reshape((x.shape[0], -1))
+      for features in (1024, 1024):
+        x = nn.Dropout(0.5, deterministic=not train)(nn.relu(nn.Dense(features)(x)))
+      return nn.Dense(7)(x)
+
+  return {"cnn": CNN, "vgg": VGG}[name]()
+
+
+def build_model(name: str, variant: str):
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from fer_jax import config_schema, pooling, train  # pylint: disable=g-import-not-at-top
+  if variant == "fer_jax":
+    config = config_schema.base_config()
+    config.model = name
+    if name == "cnn":
+      config.model_kwargs = ml_collections.ConfigDict(dict(conv_features=(32, 64, 128), dense_features=(256, 128)))
+    return train.create_model(config, num_classes=7)
+  del jnp
+  pool = pooling.max_pool_2x2 if variant == "+pool" else (lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)))
+  return textbook_model(name, pool)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--model", choices=("cnn", "vgg"), default="cnn")
+  parser.add_argument("--task", choices=("train", "infer"), default="train")
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--variant", choices=VARIANTS, default="fer_jax")
+  parser.add_argument("--input", choices=("memory", "pipeline"), default="memory")
+  parser.add_argument("--data_dir", default="/tmp/fer_jax_bench", help="--input pipeline: the bench dataset")
+  parser.add_argument("--workers", type=int, default=1, help="--input pipeline: grain worker processes")
+  args = parser.parse_args()
+
+  if args.variant != "plain":
+    from fer_jax import host_allocator  # pylint: disable=g-import-not-at-top
+    host_allocator.keep_freed_memory()
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  import worker_protocol  # pylint: disable=g-import-not-at-top
+  from fer_jax import train  # pylint: disable=g-import-not-at-top
+
+  model = build_model(args.model, args.variant)
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.random((args.batch, 48, 48, 1), np.float32))  # on the device already
+  labels = jnp.asarray(rng.integers(0, 7, args.batch), jnp.int32)
+  state = train.create_train_state(model, optax.adam(1e-3), (48, 48, 1), seed=0)
+
+  if args.task == "infer":
+    variables = train.model_variables(state)
+    predict = jax.jit(lambda variables, x: model.apply(variables, x, train=False))
+    # Logits back on the host each call, as the peers' predict calls return them.
+    worker_protocol.serve(lambda: np.asarray(predict(variables, images)), lambda result: None)
+    return
+
+  step = jax.jit(functools.partial(train.train_step, base_key=jax.random.key(0), label_smoothing=0.0,
+                                   class_weights=None), donate_argnums=0)
+  if args.input == "pipeline":
+    import input_pipeline as bench_pipeline  # pylint: disable=g-import-not-at-top  (bench/input_pipeline.py)
+    from fer_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    name = bench_pipeline.build_bench_dataset(args.data_dir, 8192, "bytes")
+    config = bench_pipeline.make_config("fer_bench", name, args.data_dir, args.workers, args.batch, augment=True)
+    from fer_jax import parallel  # pylint: disable=g-import-not-at-top
+    batches, mesh = iter(input_pipeline.create_train_dataset(config)), parallel.create_mesh()
+    # As the trainer does: the host batch becomes a (data-sharded) device array, then the step.
+    next_batch = lambda: parallel.global_batch({k: v for k, v in next(batches).items() if k in ("image", "label")},
+                                               mesh)
+  else:
+    fixed = {"image": images, "label": labels}
+    next_batch = lambda: fixed
+
+  holder = {"state": state}
+
+  def iteration():
+    holder["state"], metrics, _ = step(holder["state"], next_batch())
+    return metrics
+
+  # The pipeline refills its prefetch buffer while other workers have their turn: settle steps drain that head start.
+  worker_protocol.serve(iteration, jax.block_until_ready, settle=8 if args.input == "pipeline" else 0)
+
+
+if __name__ == "__main__":
+  main()
