@@ -2,10 +2,14 @@
 
 All models take images [N, H, W, C] in [0, 1] (or standardized) and return
 float32 logits [N, num_classes]. `dtype` is the compute dtype (bfloat16 on
-accelerators); parameters stay float32. `conv` is the function the
-convolutions call (lax.conv_general_dilated when None); train.py passes
-fer_jax.im2col_conv's on CPU. It changes how convolutions are computed, not
-the parameters or what they compute.
+accelerators); parameters stay float32.
+
+`conv` is the function the convolutions call when training (train.py passes
+fer_jax.im2col_conv's on CPU); training also pools with
+pooling.max_pool_2x2. Both are there for their fast gradients on XLA:CPU and
+compute the same values; without gradients, XLA's own convolution and
+reduce_window are faster (bench/inference.py), so `train=False` uses those.
+Neither changes the parameters.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ from fer_jax import pooling
 
 Dtype = Any
 ConvFn = Callable[..., Any] | None
+
+
+def _pool_2x2(x: jnp.ndarray, train: bool) -> jnp.ndarray:
+  return pooling.max_pool_2x2(x) if train else nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
 class CNN(nn.Module):
@@ -37,9 +45,10 @@ class CNN(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     x = x.astype(self.dtype)
+    conv = self.conv if train else None
     for features in self.conv_features:
-      x = nn.Conv(features, (3, 3), padding="SAME", dtype=self.dtype, conv_general_dilated=self.conv)(x)
-      x = pooling.max_pool_2x2(nn.relu(x))
+      x = nn.Conv(features, (3, 3), padding="SAME", dtype=self.dtype, conv_general_dilated=conv)(x)
+      x = _pool_2x2(nn.relu(x), train)
       x = nn.Dropout(self.conv_dropout, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
     for features in self.dense_features:
@@ -66,13 +75,14 @@ class VGG(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     x = x.astype(self.dtype)
+    conv = self.conv if train else None
     norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)
     for features in self.stage_features:
       for _ in range(self.convs_per_stage):
         x = nn.Conv(features, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype,
-                    conv_general_dilated=self.conv)(x)
+                    conv_general_dilated=conv)(x)
         x = nn.relu(norm()(x))
-      x = pooling.max_pool_2x2(x)
+      x = _pool_2x2(x, train)
     x = x.reshape((x.shape[0], -1))
     for features in self.dense_features:
       x = nn.relu(nn.Dense(features, dtype=self.dtype)(x))
@@ -91,7 +101,7 @@ class ResidualBlock(nn.Module):
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     norm = lambda **kw: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, **kw)
     conv = lambda f, k, s: nn.Conv(f, (k, k), (s, s), padding="SAME", use_bias=False, dtype=self.dtype,
-                                   conv_general_dilated=self.conv_fn)
+                                   conv_general_dilated=self.conv_fn if train else None)
     y = nn.relu(norm()(conv(self.features, 3, self.strides)(x)))
     y = norm(scale_init=nn.initializers.zeros)(conv(self.features, 3, 1)(y))
     if x.shape != y.shape:
@@ -112,18 +122,19 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     x = x.astype(self.dtype)
+    conv = self.conv if train else None
     if self.stem == "imagenet":
       x = nn.Conv(self.stage_features[0], (7, 7), (2, 2), padding="SAME", use_bias=False, dtype=self.dtype)(x)
       x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
     else:
       x = nn.Conv(self.stage_features[0], (3, 3), padding="SAME", use_bias=False, dtype=self.dtype,
-                  conv_general_dilated=self.conv)(x)
+                  conv_general_dilated=conv)(x)
       x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x))
     for i, (blocks, features) in enumerate(zip(self.stage_sizes, self.stage_features)):
       for j in range(blocks):
         x = ResidualBlock(features, strides=2 if i > 0 and j == 0 else 1, dtype=self.dtype,
-                          conv_fn=self.conv)(x, train)
+                          conv_fn=conv)(x, train)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
