@@ -64,7 +64,6 @@ def textbook_model(name: str, pool):
 
 def build_model(name: str, variant: str):
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   from fer_jax import config_schema, pooling, train  # pylint: disable=g-import-not-at-top
   if variant == "fer_jax":
@@ -73,7 +72,6 @@ def build_model(name: str, variant: str):
     if name == "cnn":
       config.model_kwargs = ml_collections.ConfigDict(dict(conv_features=(32, 64, 128), dense_features=(256, 128)))
     return train.create_model(config, num_classes=7)
-  del jnp
   pool = pooling.max_pool_2x2 if variant == "+pool" else (lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)))
   return textbook_model(name, pool)
 

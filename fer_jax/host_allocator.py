@@ -3,9 +3,9 @@
 Every XLA:CPU execution allocates its temporary buffers afresh (for the seeds'
 CNN at batch 64, one block of ~140 MB) from one of its worker threads. glibc
 gives a non-main thread a separate arena that cannot hold a block that large, so
-each step mmap()s it and munmap()s it again, and the kernel zero-fills ~36,000
-fresh pages per step: a third of the CPU time went to the kernel and the CNN
-trained at 265 instead of 340 images/s. Restricting malloc to the main arena
+each step mmap()s it and munmap()s it again, and the kernel zero-fills
+36,000-58,000 fresh pages per step: a third of the CPU time went to the kernel
+and the CNN trained at 262 instead of 353 images/s (docs/BENCHMARKS.md). Restricting malloc to the main arena
 and raising its mmap and trim thresholds lets the block be reused.
 
 `keep_freed_memory()` must run before JAX starts its threads: `fer_jax.main`

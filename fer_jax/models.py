@@ -95,13 +95,13 @@ class ResidualBlock(nn.Module):
   features: int
   strides: int = 1
   dtype: Dtype = jnp.float32
-  conv_fn: ConvFn = None
+  conv: ConvFn = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     norm = lambda **kw: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, **kw)
     conv = lambda f, k, s: nn.Conv(f, (k, k), (s, s), padding="SAME", use_bias=False, dtype=self.dtype,
-                                   conv_general_dilated=self.conv_fn if train else None)
+                                   conv_general_dilated=self.conv)
     y = nn.relu(norm()(conv(self.features, 3, self.strides)(x)))
     y = norm(scale_init=nn.initializers.zeros)(conv(self.features, 3, 1)(y))
     if x.shape != y.shape:
@@ -134,7 +134,7 @@ class ResNet(nn.Module):
     for i, (blocks, features) in enumerate(zip(self.stage_sizes, self.stage_features)):
       for j in range(blocks):
         x = ResidualBlock(features, strides=2 if i > 0 and j == 0 else 1, dtype=self.dtype,
-                          conv_fn=conv)(x, train)
+                          conv=conv)(x, train)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)

@@ -44,7 +44,7 @@ def _max_pool_bwd(residuals, dy):
       row.append(jnp.where(first, dy, jnp.zeros((), dy.dtype)))
     rows.append(jnp.stack(row, axis=3))  # [N, H/2, W/2, 2, C]
   dx = jnp.stack(rows, axis=2).reshape(windows.shape[0], windows.shape[1] * 2, windows.shape[3] * 2, -1)
-  n, h, w, c = x.shape
+  _, h, w, _ = x.shape
   return (jnp.pad(dx, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))),)
 
 

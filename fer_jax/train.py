@@ -49,7 +49,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modu
 
 def conv_function(config: ml_collections.ConfigDict) -> Any:
   """What the models' convolutions call: im2col matrix products on CPU (see im2col_conv.py), else XLA's."""
-  impl = config.get("conv_impl", "auto")
+  impl = config.get("conv_impl", "auto")  # Model cards written before the field existed lack it.
   if impl == "im2col" or (impl == "auto" and jax.default_backend() == "cpu"):
     return im2col_conv.conv_general_dilated
   return None
