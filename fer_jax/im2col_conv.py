@@ -59,10 +59,11 @@ def _col2im(z: jax.Array, in_hw: tuple[int, int], kernel_hw: tuple[int, int], pa
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv(x: jax.Array, kernel: jax.Array, pads: Pads, precision: Any) -> jax.Array:
-  return _conv_fwd(x, kernel, pads, precision)[0]
+  return forward(x, kernel, pads, precision)[0]
 
 
-def _conv_fwd(x, kernel, pads, precision):
+def forward(x: jax.Array, kernel: jax.Array, pads: Pads, precision: Any = None) -> tuple[jax.Array, Any]:
+  """(y, residuals for `backward`): the forward product, keeping the patches for the weight gradient."""
   kh, kw, cin, cout = kernel.shape
   n, h, w, _ = x.shape
   out_hw = (h + sum(pads[0]) - kh + 1, w + sum(pads[1]) - kw + 1)
@@ -71,7 +72,8 @@ def _conv_fwd(x, kernel, pads, precision):
   return y.reshape(n, *out_hw, cout), (patches, kernel, (h, w))
 
 
-def _conv_bwd(pads, precision, residuals, dy):
+def backward(pads: Pads, precision: Any, residuals: Any, dy: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(dx, dkernel) for output gradient `dy`, from `forward`'s residuals."""
   patches, kernel, in_hw = residuals
   kh, kw, cin, cout = kernel.shape
   rows = dy.shape[0] * dy.shape[1] * dy.shape[2]
@@ -84,7 +86,7 @@ def _conv_bwd(pads, precision, residuals, dy):
   return dx.astype(dy.dtype), dkernel.reshape(kernel.shape).astype(kernel.dtype)
 
 
-_conv.defvjp(_conv_fwd, _conv_bwd)
+_conv.defvjp(forward, backward)
 
 
 def _is_nhwc(lhs_shape, rhs_shape, dimension_numbers) -> bool:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from fer_jax import im2col_conv, models
+from fer_jax import conv_pool, im2col_conv, models
+from fer_jax.dropout import Dropout
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -58,20 +59,25 @@ def test_unsupported_cases_fall_back_to_lax():
 
 
 class PlainCNN(nn.Module):
-  """The seeds' CNN written the textbook Flax way: nn.Conv (lax), nn.max_pool (reduce_window)."""
+  """The seeds' CNN written the textbook Flax way: nn.Conv (lax), nn.max_pool (reduce_window).
+
+  Its dropout is fer_jax's (tests/dropout_test.py checks its distribution), so
+  that both networks draw the same masks.
+  """
 
   @nn.compact
   def __call__(self, x, train=False):
     for features in (32, 64, 128):
       x = nn.max_pool(nn.relu(nn.Conv(features, (3, 3), padding="SAME")(x)), (2, 2), strides=(2, 2))
-      x = nn.Dropout(0.25, deterministic=not train)(x)
+      x = Dropout(0.25, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
     for features in (256, 128):
-      x = nn.Dropout(0.5, deterministic=not train)(nn.relu(nn.Dense(features)(x)))
+      x = Dropout(0.5, deterministic=not train)(nn.relu(nn.Dense(features)(x)))
     return nn.Dense(7)(x)
 
 
-def test_fast_cnn_matches_plain_flax_cnn_in_outputs_and_gradients():
+@pytest.mark.parametrize("fused", [False, True], ids=["im2col", "im2col+conv_relu_pool"])
+def test_fast_cnn_matches_plain_flax_cnn_in_outputs_and_gradients(fused):
   """Same parameters, same dropout draws: logits and every parameter gradient agree.
 
   In float64: in float32 the two orders of summation differ by ~1e-7, which is
@@ -80,7 +86,8 @@ def test_fast_cnn_matches_plain_flax_cnn_in_outputs_and_gradients():
   max-pooling, not an error of either formulation).
   """
   with jax.enable_x64(True):
-    fast = models.CNN(conv=im2col_conv.conv_general_dilated, dtype=jnp.float64)
+    fast = models.CNN(conv=im2col_conv.conv_general_dilated, dtype=jnp.float64,
+                      conv_relu_pool=conv_pool.conv_relu_pool if fused else None)
     x = jax.random.uniform(jax.random.key(3), (8, 48, 48, 1), jnp.float64)
     labels = jnp.arange(8) % 7
     params = jax.tree.map(lambda p: p.astype(jnp.float64), PlainCNN().init(jax.random.key(4), x)["params"])
