@@ -10,9 +10,8 @@ bench/worker_protocol.py); by hand:
   +malloc    plain, with fer_jax.host_allocator (no per-step page faults)
   +pool      +malloc, with fer_jax.pooling.max_pool_2x2
   +im2col    +pool, with fer_jax.im2col_conv's convolutions
-  +conv_relu_pool  +im2col, CNN stages as one op each (fer_jax.conv_pool; the VGG has no such stages)
   fer_jax    what `python -m fer_jax.main` trains: fer_jax.models as train.create_model builds them
-             on CPU, i.e. +conv_relu_pool with fer_jax.dropout (fewer random bits per mask)
+             on CPU, i.e. +im2col with fer_jax.dropout (fewer random bits per mask)
 --input pipeline (train only) feeds each step from the grain training pipeline
 with augmentation (the trainer's own loop) instead of one in-memory batch.
 
@@ -31,22 +30,18 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)
 sys.path.insert(0, os.path.dirname(BENCH_DIR))
 
-VARIANTS = ("plain", "+malloc", "+pool", "+im2col", "+conv_relu_pool", "fer_jax")
+VARIANTS = ("plain", "+malloc", "+pool", "+im2col", "fer_jax")
 
 
-def textbook_model(name: str, pool, conv=None, stage=None):
-  """The seeds' CNN / the VGG as a Flax user writes them, with a choice of pooling, convolution and stage op."""
+def textbook_model(name: str, pool, conv=None):
+  """The seeds' CNN / the VGG as a Flax user writes them, with a choice of pooling and convolution."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from fer_jax import models  # pylint: disable=g-import-not-at-top
 
   class CNN(nn.Module):
     @nn.compact
     def __call__(self, x, train=False):
       for features in (32, 64, 128):
-        if stage is not None:
-          x = models.ConvReluPool(features, stage)(x)
-        else:
-          x = pool(nn.relu(nn.Conv(features, (3, 3), padding="SAME", conv_general_dilated=conv)(x)))
+        x = pool(nn.relu(nn.Conv(features, (3, 3), padding="SAME", conv_general_dilated=conv)(x)))
         x = nn.Dropout(0.25, deterministic=not train)(x)
       x = x.reshape((x.shape[0], -1))
       for features in (256, 128):
@@ -72,7 +67,7 @@ def textbook_model(name: str, pool, conv=None, stage=None):
 def build_model(name: str, variant: str):
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from fer_jax import config_schema, conv_pool, im2col_conv, pooling, train  # pylint: disable=g-import-not-at-top
+  from fer_jax import config_schema, im2col_conv, pooling, train  # pylint: disable=g-import-not-at-top
   if variant == "fer_jax":
     config = config_schema.base_config()
     config.model = name
@@ -83,8 +78,7 @@ def build_model(name: str, variant: str):
   pool = pooling.max_pool_2x2 if ladder >= VARIANTS.index("+pool") else (
       lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)))
   conv = im2col_conv.conv_general_dilated if ladder >= VARIANTS.index("+im2col") else None
-  stage = conv_pool.conv_relu_pool if ladder >= VARIANTS.index("+conv_relu_pool") else None
-  return textbook_model(name, pool, conv, stage)
+  return textbook_model(name, pool, conv)
 
 
 def main() -> None:

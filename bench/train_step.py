@@ -11,8 +11,8 @@ first; then, round after round, each runs --steps training steps in turn, so
 that only one computes at a time and load from elsewhere hits all alike
 (bench/worker_protocol.py). Prints the median images/s over rounds, the
 spread, and ratios to fer_jax. fer_jax's speed-ups are measured one at a
-time (--variants): plain Flax, + host allocator, + pooling, + im2col, + fused conv/ReLU/pool
-stages, fer_jax (+ fewer-bit dropout).
+time (--variants): plain Flax, + host allocator, + pooling, + im2col, fer_jax (+ dropout
+masks from fewer random bits).
 
 The peers need the `peers` extra (`pip install -e '.[peers]'`, best in a
 separate virtual environment: TensorFlow installed next to fer_jax makes tfds
@@ -93,7 +93,7 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--steps", type=int, default=20, help="timed steps per turn")
   parser.add_argument("--rounds", type=int, default=7, help="turns per contender; the median is reported")
-  parser.add_argument("--variants", default="plain,+malloc,+pool,+im2col,+conv_relu_pool,fer_jax", help="fer_jax variants (fer_jax_worker.py)")
+  parser.add_argument("--variants", default="plain,+malloc,+pool,+im2col,fer_jax", help="fer_jax variants (fer_jax_worker.py)")
   parser.add_argument("--peers", default="torch,keras,keras_xla",
                       help="comma list of torch, torch_compile, keras, keras_xla (empty: none)")
   parser.add_argument("--peer_python", default=sys.executable, help="interpreter with torch / tensorflow")

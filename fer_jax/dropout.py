@@ -36,14 +36,19 @@ def field_bits(keep: float) -> tuple[int, int]:
 
 
 def keep_mask(words: jax.Array, shape: tuple[int, ...], keep: float) -> jax.Array:
-  """Bool mask of `shape` from uint32 `words`: element i reads b-bit field i of the concatenated words."""
+  """Bool mask of `shape` from uint32 `words`: flat element i reads field i // W of word i % W (W = words.size).
+
+  Field-major order keeps the index arithmetic trivial: XLA recomputes the mask
+  inside the backward pass's fused loops, and there a word-major order (a
+  div/mod per element) made the whole step slower.
+  """
   b, k = field_bits(keep)
   size = math.prod(shape)
   per_word = 32 // b
   if words.size * per_word < size:
     raise ValueError(f"keep_mask needs {-(-size // per_word)} uint32 words for shape {shape}, got {words.size}.")
   shifts = jnp.arange(per_word, dtype=jnp.uint32) * jnp.uint32(b)
-  fields = (words.reshape(-1, 1) >> shifts) & jnp.uint32(2**b - 1) if b < 32 else words.reshape(-1, 1)
+  fields = (words.reshape(1, -1) >> shifts[:, None]) & jnp.uint32(2**b - 1) if b < 32 else words.reshape(1, -1)
   return (fields.reshape(-1)[:size] < jnp.uint32(k)).reshape(shape)
 
 

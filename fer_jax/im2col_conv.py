@@ -59,11 +59,10 @@ def _col2im(z: jax.Array, in_hw: tuple[int, int], kernel_hw: tuple[int, int], pa
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv(x: jax.Array, kernel: jax.Array, pads: Pads, precision: Any) -> jax.Array:
-  return forward(x, kernel, pads, precision)[0]
+  return _conv_fwd(x, kernel, pads, precision)[0]
 
 
-def forward(x: jax.Array, kernel: jax.Array, pads: Pads, precision: Any = None) -> tuple[jax.Array, Any]:
-  """(y, residuals for `backward`): the forward product, keeping the patches for the weight gradient."""
+def _conv_fwd(x, kernel, pads, precision):
   kh, kw, cin, cout = kernel.shape
   n, h, w, _ = x.shape
   out_hw = (h + sum(pads[0]) - kh + 1, w + sum(pads[1]) - kw + 1)
@@ -72,8 +71,7 @@ def forward(x: jax.Array, kernel: jax.Array, pads: Pads, precision: Any = None) 
   return y.reshape(n, *out_hw, cout), (patches, kernel, (h, w))
 
 
-def backward(pads: Pads, precision: Any, residuals: Any, dy: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(dx, dkernel) for output gradient `dy`, from `forward`'s residuals."""
+def _conv_bwd(pads, precision, residuals, dy):
   patches, kernel, in_hw = residuals
   kh, kw, cin, cout = kernel.shape
   rows = dy.shape[0] * dy.shape[1] * dy.shape[2]
@@ -86,7 +84,7 @@ def backward(pads: Pads, precision: Any, residuals: Any, dy: jax.Array) -> tuple
   return dx.astype(dy.dtype), dkernel.reshape(kernel.shape).astype(kernel.dtype)
 
 
-_conv.defvjp(forward, backward)
+_conv.defvjp(_conv_fwd, _conv_bwd)
 
 
 def _is_nhwc(lhs_shape, rhs_shape, dimension_numbers) -> bool:

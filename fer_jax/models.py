@@ -6,13 +6,11 @@ accelerators); parameters stay float32.
 
 `conv` is the function the convolutions call when training (train.py passes
 fer_jax.im2col_conv's on CPU); training also pools with
-pooling.max_pool_2x2, and the CNN can run each conv+ReLU+pool stage as one op
-(`conv_relu_pool`, train.py passes conv_pool.py's on CPU). All are there for
-their fast gradients on XLA:CPU and compute the same values; without
-gradients, XLA's own convolution and reduce_window are faster
-(bench/inference.py), so `train=False` uses those. None changes the
-parameters. Dropout is fer_jax.dropout's: nn.Dropout's distribution from
-fewer random bits.
+pooling.max_pool_2x2. Both are there for their fast gradients on XLA:CPU and
+compute the same values; without gradients, XLA's own convolution and
+reduce_window are faster (bench/inference.py), so `train=False` uses those.
+Neither changes the parameters. Dropout is fer_jax.dropout's: nn.Dropout's
+distribution from fewer random bits.
 """
 
 from __future__ import annotations
@@ -27,25 +25,10 @@ from fer_jax.dropout import Dropout
 
 Dtype = Any
 ConvFn = Callable[..., Any] | None
-StageFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray] | None
 
 
 def _pool_2x2(x: jnp.ndarray, train: bool) -> jnp.ndarray:
   return pooling.max_pool_2x2(x) if train else nn.max_pool(x, (2, 2), strides=(2, 2))
-
-
-class ConvReluPool(nn.Module):
-  """nn.Conv(features, (3, 3), padding="SAME")'s parameters, with conv+bias+ReLU+2x2 max-pool done by `stage`."""
-  features: int
-  stage: Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    return self.stage(x, kernel, bias)
 
 
 class CNN(nn.Module):
@@ -60,19 +43,14 @@ class CNN(nn.Module):
   dense_dropout: float = 0.5
   dtype: Dtype = jnp.float32
   conv: ConvFn = None
-  conv_relu_pool: StageFn = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     x = x.astype(self.dtype)
     conv = self.conv if train else None
-    for i, features in enumerate(self.conv_features):
-      if train and self.conv_relu_pool is not None:  # Same parameter names as the nn.Conv branch.
-        x = ConvReluPool(features, self.conv_relu_pool, dtype=self.dtype, name=f"Conv_{i}")(x)
-      else:
-        x = nn.Conv(features, (3, 3), padding="SAME", dtype=self.dtype, conv_general_dilated=conv,
-                    name=f"Conv_{i}")(x)
-        x = _pool_2x2(nn.relu(x), train)
+    for features in self.conv_features:
+      x = nn.Conv(features, (3, 3), padding="SAME", dtype=self.dtype, conv_general_dilated=conv)(x)
+      x = _pool_2x2(nn.relu(x), train)
       x = Dropout(self.conv_dropout, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
     for features in self.dense_features:

@@ -27,7 +27,7 @@ from clu import metrics as clu_metrics
 from flax.training import train_state
 
 from fer_jax import checkpointing, config_schema, evaluation, input_pipeline, models, optimizers, parallel
-from fer_jax import conv_pool, distributed, im2col_conv, tensorboard_writer
+from fer_jax import distributed, im2col_conv, tensorboard_writer
 
 
 class TrainState(train_state.TrainState):
@@ -43,11 +43,7 @@ class TrainMetrics(clu_metrics.Collection):
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
   dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-  conv = conv_function(config)
-  kernels = {"conv": conv}
-  if config.model == "cnn" and conv is im2col_conv.conv_general_dilated:
-    kernels["conv_relu_pool"] = conv_pool.conv_relu_pool  # Its stages fuse further (conv_pool.py).
-  return models.create_model(config.model, num_classes=num_classes, dtype=dtype, **kernels,
+  return models.create_model(config.model, num_classes=num_classes, dtype=dtype, conv=conv_function(config),
                              **config.model_kwargs.to_dict())
 
 

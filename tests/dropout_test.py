@@ -25,10 +25,10 @@ def test_every_field_value_is_kept_with_exactly_the_keep_probability(rate):
   words = np.zeros((2**b,), np.uint64)
   for slot in range(per_word):
     words |= values << np.uint64(slot * b)  # every slot of word v holds the value v
-  mask = dropout.keep_mask(jnp.asarray(words.astype(np.uint32)), (2**b, per_word), keep)
-  kept_per_slot = np.asarray(mask).sum(axis=0)
-  np.testing.assert_array_equal(kept_per_slot, np.full(per_word, keep * 2**b))
-  np.testing.assert_array_equal(np.asarray(mask)[:, 0], np.arange(2**b) < keep * 2**b)
+  mask = np.asarray(dropout.keep_mask(jnp.asarray(words.astype(np.uint32)), (per_word, 2**b), keep))
+  # Element (slot s, word v) reads field s of word v, i.e. the value v.
+  np.testing.assert_array_equal(mask, np.broadcast_to(np.arange(2**b) < keep * 2**b, mask.shape))
+  np.testing.assert_array_equal(mask.sum(axis=1), np.full(per_word, keep * 2**b))
 
 
 @pytest.mark.parametrize("rate", [0.25, 0.5, 0.3])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from fer_jax import conv_pool, im2col_conv, models
+from fer_jax import im2col_conv, models
 from fer_jax.dropout import Dropout
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -76,8 +76,7 @@ class PlainCNN(nn.Module):
     return nn.Dense(7)(x)
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["im2col", "im2col+conv_relu_pool"])
-def test_fast_cnn_matches_plain_flax_cnn_in_outputs_and_gradients(fused):
+def test_fast_cnn_matches_plain_flax_cnn_in_outputs_and_gradients():
   """Same parameters, same dropout draws: logits and every parameter gradient agree.
 
   In float64: in float32 the two orders of summation differ by ~1e-7, which is
@@ -86,8 +85,7 @@ def test_fast_cnn_matches_plain_flax_cnn_in_outputs_and_gradients(fused):
   max-pooling, not an error of either formulation).
   """
   with jax.enable_x64(True):
-    fast = models.CNN(conv=im2col_conv.conv_general_dilated, dtype=jnp.float64,
-                      conv_relu_pool=conv_pool.conv_relu_pool if fused else None)
+    fast = models.CNN(conv=im2col_conv.conv_general_dilated, dtype=jnp.float64)
     x = jax.random.uniform(jax.random.key(3), (8, 48, 48, 1), jnp.float64)
     labels = jnp.arange(8) % 7
     params = jax.tree.map(lambda p: p.astype(jnp.float64), PlainCNN().init(jax.random.key(4), x)["params"])
