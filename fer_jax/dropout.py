@@ -53,11 +53,12 @@ def keep_mask(words: jax.Array, shape: tuple[int, ...], keep: float) -> jax.Arra
 
 
 def words_needed(size: int, keep: float) -> int:
+  """How many uint32 draws `keep_mask` needs for `size` elements."""
   return -(-size // (32 // field_bits(keep)[0]))
 
 
 class Dropout(nn.Module):
-  """Drop-in for `nn.Dropout(rate, deterministic=...)` that needs `rate * 2**b` integer draws of b bits."""
+  """Drop-in for `nn.Dropout(rate, deterministic=...)`: b random bits per element when (1 - rate) * 2**b is whole."""
   rate: float
   deterministic: bool | None = None
   rng_collection: str = "dropout"
