@@ -21,7 +21,7 @@ CLASS_WEIGHTS = ("none", "balanced")
 TTA_VIEWS = ("flip", "ten_crop")
 EVAL_SPLITS = ("train", "validation", "test")
 NONFINITE = ("stop", "skip")
-CONV_IMPLS = ("auto", "im2col", "xla")
+CONV_IMPLS = ("auto", "onednn", "im2col", "xla")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -58,8 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = "cnn"                        # A key of fer_jax.models.MODELS.
   c.model_kwargs = ml_collections.ConfigDict()
   c.dtype = "float32"                    # Compute dtype; parameters stay float32.
-  c.conv_impl = "auto"                   # How stride-1 convolutions are computed: im2col (matrix products, the
-                                         # fast route on CPU), xla (XLA's own), auto = im2col on CPU, else xla.
+  c.conv_impl = "auto"                   # How training computes stride-1 convolutions: onednn (oneDNN's kernels,
+                                         # fastest on CPU), im2col (matrix products), xla (XLA's own). auto = onednn
+                                         # on a 1-device CPU run where it loads, im2col on other CPU runs, else xla.
 
   c.batch_size = 64                      # Global, across all devices and hosts.
   c.eval_batch_size = 256

@@ -87,7 +87,8 @@ def _conv_bwd(pads, precision, residuals, dy):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def _is_nhwc(lhs_shape, rhs_shape, dimension_numbers) -> bool:
+def is_nhwc(lhs_shape: Sequence[int], rhs_shape: Sequence[int], dimension_numbers: Any) -> bool:
+  """Whether `dimension_numbers` say NHWC input, HWIO kernel, NHWC output."""
   if dimension_numbers is None:
     return False  # lax's default is NCHW.
   want = lax.conv_dimension_numbers(lhs_shape, rhs_shape, _LAYOUT)
@@ -103,7 +104,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   ones = lambda v: v is None or all(d == 1 for d in v)
   if (lhs.ndim == 4 and all(s == 1 for s in window_strides) and ones(lhs_dilation) and ones(rhs_dilation)
       and feature_group_count == 1 and batch_group_count == 1 and preferred_element_type is None
-      and lhs.dtype == rhs.dtype and _is_nhwc(lhs.shape, rhs.shape, dimension_numbers)):
+      and lhs.dtype == rhs.dtype and is_nhwc(lhs.shape, rhs.shape, dimension_numbers)):
     if isinstance(padding, str):
       padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)

@@ -27,7 +27,7 @@ from clu import metrics as clu_metrics
 from flax.training import train_state
 
 from fer_jax import checkpointing, config_schema, evaluation, input_pipeline, models, optimizers, parallel
-from fer_jax import distributed, im2col_conv, tensorboard_writer
+from fer_jax import distributed, im2col_conv, onednn_conv, tensorboard_writer
 
 
 class TrainState(train_state.TrainState):
@@ -48,9 +48,30 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modu
 
 
 def conv_function(config: ml_collections.ConfigDict) -> Any:
-  """What the models' convolutions call: im2col matrix products on CPU (see im2col_conv.py), else XLA's."""
+  """What the models' convolutions call when training; None is XLA's own.
+
+  `auto` on CPU: oneDNN's kernels (onednn_conv.py) on a single device where the
+  library loads, else im2col matrix products (im2col_conv.py). oneDNN runs as
+  XLA FFI custom calls, which have no sharding rule: on a multi-device mesh XLA
+  would gather their inputs onto every device, so meshes use im2col.
+  Elsewhere (GPU, TPU): XLA's.
+  """
   impl = config.get("conv_impl", "auto")  # Model cards written before the field existed lack it.
-  if impl == "im2col" or (impl == "auto" and jax.default_backend() == "cpu"):
+  conv = _pick_conv(impl)
+  logging.info("Training convolutions (config.conv_impl=%s): %s", impl, "XLA's" if conv is None else conv.__module__)
+  return conv
+
+
+def _pick_conv(impl: str) -> Any:
+  if impl == "onednn":
+    if not onednn_conv.available():
+      onednn_conv.prepare()  # Raises the error that says what is missing.
+    return onednn_conv.conv_general_dilated
+  if impl == "auto" and jax.default_backend() == "cpu":
+    if jax.device_count() == 1 and onednn_conv.available():
+      return onednn_conv.conv_general_dilated
+    return im2col_conv.conv_general_dilated
+  if impl == "im2col":
     return im2col_conv.conv_general_dilated
   return None
 

@@ -1,0 +1,283 @@
+"""Stride-1 convolutions on oneDNN's CPU kernels, the ones TensorFlow and PyTorch use.
+
+XLA:CPU has no direct convolution kernels of this quality (openxla/xla#34273),
+and im2col (im2col_conv.py) spends most of its time building and summing
+patch matrices. oneDNN (Intel's library, the `onednn-cpu-gomp` wheel: a shared
+library, no Python code) runs the forward pass and both gradients directly on
+NHWC data, with JIT-compiled AVX-512/AVX2 kernels.
+
+Python builds oneDNN's primitives once per shape through its C API (ctypes);
+XLA runs them as FFI custom calls (onednn_ffi.c, compiled on first use with
+the system's C compiler against jaxlib's FFI headers) on its own buffers,
+inside a `custom_vjp`, so XLA still compiles and schedules everything else.
+Only the order of summation differs from `lax.conv_general_dilated`: results
+agree to float32 rounding (tests/onednn_conv_test.py). Covered: 2-D,
+NHWC/HWIO, stride 1, no dilation or groups, float32; anything else goes to
+im2col_conv, and from there to lax. Without the library or a C compiler,
+`available()` is False and training uses im2col.
+
+Threading: oneDNN uses OpenMP (libgomp) threads beside XLA's own. libgomp's
+threads busy-wait ~300,000 spins after each call, taking the cores XLA's
+threads need; this module lowers that to GOMP_SPINCOUNT=10000 (unless the
+environment sets it) before loading the library. Calls are serialised so two
+OpenMP teams never share the cores.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.metadata
+import os
+import subprocess
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+from jax import lax
+
+from fer_jax import im2col_conv
+
+_PACKAGE = "onednn-cpu-gomp"
+_LIBRARY = "libdnnl.so.3"
+
+# Constants of oneDNN 3.x's C API (oneapi/dnnl/dnnl_types.h).
+_F32, _TAG_ANY, _TAG_NHWC, _TAG_HWIO = 3, 1, 22, 28
+_FORWARD_TRAINING, _CONVOLUTION_DIRECT, _CPU_ENGINE, _DEFAULT_STREAM = 64, 1, 1, 1
+_QUERY_WEIGHTS_MD, _QUERY_DIFF_WEIGHTS_MD = 131, 132
+
+_Dims = ctypes.c_int64 * 12
+
+
+class OneDnnUnavailable(RuntimeError):
+  """oneDNN's library could not be loaded; the message says why and what to install."""
+
+
+class _Library:
+  """The loaded libdnnl with one CPU engine and stream."""
+
+  def __init__(self, path: str):
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")  # Read by libgomp when it loads (module docstring).
+    self.lib = ctypes.CDLL(path)
+    self.lib.dnnl_memory_desc_get_size.restype = ctypes.c_size_t
+    self.lib.dnnl_primitive_desc_query_md.restype = ctypes.c_void_p
+    self.engine, self.stream = ctypes.c_void_p(), ctypes.c_void_p()
+    self.check(self.lib.dnnl_engine_create(ctypes.byref(self.engine), _CPU_ENGINE, 0), "dnnl_engine_create")
+    self.check(self.lib.dnnl_stream_create(ctypes.byref(self.stream), self.engine, _DEFAULT_STREAM),
+               "dnnl_stream_create")
+
+  @staticmethod
+  def check(status: int, what: str) -> None:
+    if status != 0:
+      raise RuntimeError(f"oneDNN's {what} returned status {status} (see dnnl_status_t in oneapi/dnnl/dnnl_types.h).")
+
+  def memory_desc(self, dims: Sequence[int], tag: int) -> ctypes.c_void_p:
+    desc = ctypes.c_void_p()
+    self.check(self.lib.dnnl_memory_desc_create_with_tag(ctypes.byref(desc), len(dims), _Dims(*dims), _F32, tag),
+               "dnnl_memory_desc_create_with_tag")
+    return desc
+
+  def primitive(self, primitive_desc: ctypes.c_void_p) -> ctypes.c_void_p:
+    primitive = ctypes.c_void_p()
+    self.check(self.lib.dnnl_primitive_create(ctypes.byref(primitive), primitive_desc), "dnnl_primitive_create")
+    return primitive
+
+  def reorder(self, src_desc: ctypes.c_void_p, dst_desc: ctypes.c_void_p) -> ctypes.c_void_p:
+    primitive_desc = ctypes.c_void_p()
+    self.check(self.lib.dnnl_reorder_primitive_desc_create(
+        ctypes.byref(primitive_desc), src_desc, self.engine, dst_desc, self.engine, None),
+        "dnnl_reorder_primitive_desc_create")
+    return self.primitive(primitive_desc)
+
+  def query_md(self, primitive_desc: ctypes.c_void_p, what: int) -> ctypes.c_void_p:
+    return ctypes.c_void_p(self.lib.dnnl_primitive_desc_query_md(primitive_desc, what, 0))
+
+  def buffer(self, desc: ctypes.c_void_p) -> np.ndarray:
+    return np.empty(self.lib.dnnl_memory_desc_get_size(desc) // 4, np.float32)
+
+
+def _library_path() -> str:
+  try:
+    files = importlib.metadata.files(_PACKAGE) or []
+  except importlib.metadata.PackageNotFoundError as e:
+    raise OneDnnUnavailable(f"The {_PACKAGE} package is not installed (pip install {_PACKAGE}); "
+                            "or set config.conv_impl=im2col.") from e
+  for file in files:
+    if file.name == _LIBRARY:
+      return str(file.locate())
+  raise OneDnnUnavailable(f"The {_PACKAGE} package has no {_LIBRARY}; reinstall it, or set config.conv_impl=im2col.")
+
+
+@functools.cache
+def load() -> _Library:
+  """The loaded library; raises OneDnnUnavailable saying what is missing."""
+  path = _library_path()
+  try:
+    return _Library(path)
+  except OSError as e:  # E.g. libgomp.so.1 missing.
+    raise OneDnnUnavailable(f"Could not load {path}: {e}. Install the system's libgomp1, or set "
+                            "config.conv_impl=im2col.") from e
+
+
+def available() -> bool:
+  """Whether oneDNN's library loads and its FFI handlers build on this machine."""
+  try:
+    prepare()
+  except OneDnnUnavailable:
+    return False
+  return True
+
+
+def prepare() -> None:
+  """Loads the library and registers the FFI handlers; raises OneDnnUnavailable saying what is missing."""
+  load()
+  _register_handlers()
+
+
+class _CPlan(ctypes.Structure):
+  """onednn_ffi.c's `Plan`: the handles its handlers run on (same field order)."""
+  _fields_ = [(name, ctypes.c_void_p) for name in (
+      "engine", "stream", "src_md", "dst_md", "hwio_md", "forward", "backward_data", "backward_weights",
+      "forward_weights_md", "backward_data_weights_md", "diff_weights_md", "to_forward_weights",
+      "to_backward_data_weights", "from_diff_weights", "forward_weights", "backward_data_weights", "diff_weights")]
+
+
+class _Plan:
+  """oneDNN's three convolution primitives for one shape: NHWC/HWIO data, weights reordered to oneDNN's layout."""
+
+  def __init__(self, in_shape: tuple[int, ...], kernel_shape: tuple[int, ...], pads: im2col_conv.Pads):
+    prepare()
+    lib = load()
+    (n, h, w, cin), (kh, kw, _, cout) = in_shape, kernel_shape
+    self.out_shape = (n, h + sum(pads[0]) - kh + 1, w + sum(pads[1]) - kw + 1, cout)
+    src = lib.memory_desc((n, cin, h, w), _TAG_NHWC)  # oneDNN's dims are NCHW; the tag gives the layout.
+    dst = lib.memory_desc((n, cout, *self.out_shape[1:3]), _TAG_NHWC)
+    hwio = lib.memory_desc((cout, cin, kh, kw), _TAG_HWIO)
+    blocked = lib.memory_desc((cout, cin, kh, kw), _TAG_ANY)  # Let oneDNN choose: it then picks its direct kernels.
+    geometry = (_Dims(1, 1), _Dims(0, 0), _Dims(pads[0][0], pads[1][0]), _Dims(pads[0][1], pads[1][1]))
+    what = f"for input {in_shape}, kernel {kernel_shape}"
+    forward, backward_data, backward_weights = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
+    lib.check(lib.lib.dnnl_convolution_forward_primitive_desc_create(
+        ctypes.byref(forward), lib.engine, _FORWARD_TRAINING, _CONVOLUTION_DIRECT, src, blocked, None, dst,
+        *geometry, None), f"convolution forward {what}")
+    lib.check(lib.lib.dnnl_convolution_backward_data_primitive_desc_create(
+        ctypes.byref(backward_data), lib.engine, _CONVOLUTION_DIRECT, src, blocked, dst, *geometry, forward, None),
+        f"convolution backward-data {what}")
+    lib.check(lib.lib.dnnl_convolution_backward_weights_primitive_desc_create(
+        ctypes.byref(backward_weights), lib.engine, _CONVOLUTION_DIRECT, src, blocked, None, dst, *geometry,
+        forward, None), f"convolution backward-weights {what}")
+    # Queried descriptors point into their primitive descriptors, which are therefore never destroyed
+    # (plans live as long as the process, see _plan).
+    forward_weights = lib.query_md(forward, _QUERY_WEIGHTS_MD)
+    backward_data_weights = lib.query_md(backward_data, _QUERY_WEIGHTS_MD)
+    diff_weights = lib.query_md(backward_weights, _QUERY_DIFF_WEIGHTS_MD)
+    self._scratch = [lib.buffer(d) for d in (forward_weights, backward_data_weights, diff_weights)]  # kept alive
+    self.c_plan = _CPlan(
+        lib.engine, lib.stream, src, dst, hwio, lib.primitive(forward), lib.primitive(backward_data),
+        lib.primitive(backward_weights), forward_weights, backward_data_weights, diff_weights,
+        lib.reorder(hwio, forward_weights), lib.reorder(hwio, backward_data_weights), lib.reorder(diff_weights, hwio),
+        *[b.ctypes.data for b in self._scratch])
+    self.address = np.int64(ctypes.addressof(self.c_plan))  # Passed to the FFI handlers as an attribute.
+
+
+@functools.cache
+def _plan(in_shape: tuple[int, ...], kernel_shape: tuple[int, ...], pads: im2col_conv.Pads) -> _Plan:
+  return _Plan(in_shape, kernel_shape, pads)
+
+
+_TARGETS = ("fer_onednn_conv_forward", "fer_onednn_conv_grads", "fer_onednn_conv_kernel_grad")
+
+
+def _build_handlers(library_path: str) -> str:
+  """Compiles onednn_ffi.c (once per source, headers and library; cached) and returns the shared object's path."""
+  source = os.path.join(os.path.dirname(__file__), "onednn_ffi.c")
+  include = os.path.join(os.path.dirname(jaxlib.__file__), "include")
+  if not os.path.exists(os.path.join(include, "xla", "ffi", "api", "c_api.h")):
+    raise OneDnnUnavailable(f"jaxlib {jaxlib.__version__} has no XLA FFI headers under {include}.")
+  with open(source, "rb") as f, open(os.path.join(include, "xla", "ffi", "api", "c_api.h"), "rb") as g:
+    digest = hashlib.sha256(f.read() + g.read() + library_path.encode()).hexdigest()[:16]
+  cache = os.environ.get("FER_JAX_CACHE_DIR") or os.path.join(
+      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fer_jax")
+  target = os.path.join(cache, f"onednn_ffi-{digest}.so")
+  if os.path.exists(target):
+    return target
+  os.makedirs(cache, exist_ok=True)
+  compiler = os.environ.get("CC", "cc")
+  partial = f"{target}.{os.getpid()}.tmp"
+  library_dir = os.path.dirname(library_path)
+  command = [compiler, "-O2", "-shared", "-fPIC", "-std=gnu11", f"-I{include}", source, "-o", partial,
+             f"-L{library_dir}", f"-l:{os.path.basename(library_path)}", f"-Wl,-rpath,{library_dir}", "-lpthread"]
+  try:
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+  except OSError as e:
+    raise OneDnnUnavailable(f"No C compiler ({compiler}: {e}) to build {source}; install one (e.g. gcc) "
+                            "or set config.conv_impl=im2col.") from e
+  if result.returncode != 0:
+    raise OneDnnUnavailable(f"Building {source} failed ({' '.join(command)}):\n{result.stderr[-2000:]}")
+  os.replace(partial, target)  # Atomic: processes building at once do not see half a file.
+  return target
+
+
+@functools.cache
+def _register_handlers() -> None:
+  handlers = ctypes.CDLL(_build_handlers(_library_path()))
+  for name in _TARGETS:
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(handlers, name)), platform="cpu")
+
+
+def _call(target: str, plan: _Plan, results: Any, *args: jax.Array) -> Any:
+  return jax.ffi.ffi_call(target, results)(*args, plan=plan.address)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv(x: jax.Array, kernel: jax.Array, pads: im2col_conv.Pads) -> jax.Array:
+  plan = _plan(x.shape, kernel.shape, pads)
+  return _call("fer_onednn_conv_forward", plan, jax.ShapeDtypeStruct(plan.out_shape, jnp.float32), x, kernel)
+
+
+def _conv_fwd(x, kernel, pads):
+  # symbolic_zeros=True (below) tells which inputs need a gradient: the first layer's images do not,
+  # and their gradient would cost more than that layer's other two passes together.
+  needs_dx = () if x.perturbed else None  # A residual's tree structure can carry a flag.
+  x, kernel = x.value, kernel.value
+  return _conv(x, kernel, pads), (x, kernel, needs_dx)
+
+
+def _conv_bwd(pads, residuals, dy):
+  x, kernel, needs_dx = residuals
+  if isinstance(dy, jax.custom_derivatives.SymbolicZero):
+    return jnp.zeros_like(x), jnp.zeros_like(kernel)
+  plan = _plan(x.shape, kernel.shape, pads)
+  dkernel = jax.ShapeDtypeStruct(kernel.shape, jnp.float32)
+  if needs_dx is None:
+    return jnp.zeros_like(x), _call("fer_onednn_conv_kernel_grad", plan, dkernel, x, dy)
+  return tuple(_call("fer_onednn_conv_grads", plan, (jax.ShapeDtypeStruct(x.shape, jnp.float32), dkernel),
+                     x, dy, kernel))
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd, symbolic_zeros=True)
+
+
+def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+                         padding: str | Sequence[tuple[int, int]], lhs_dilation: Sequence[int] | None = None,
+                         rhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
+                         feature_group_count: int = 1, batch_group_count: int = 1, precision: Any = None,
+                         preferred_element_type: Any = None) -> jax.Array:
+  """`lax.conv_general_dilated` on oneDNN for stride-1 2-D NHWC/HWIO float32 convolutions, else im2col's."""
+  ones = lambda v: v is None or all(d == 1 for d in v)
+  if (lhs.ndim == 4 and all(s == 1 for s in window_strides) and ones(lhs_dilation) and ones(rhs_dilation)
+      and feature_group_count == 1 and batch_group_count == 1 and preferred_element_type is None
+      and lhs.dtype == rhs.dtype == jnp.float32 and im2col_conv.is_nhwc(lhs.shape, rhs.shape, dimension_numbers)):
+    if isinstance(padding, str):
+      padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if all(lo >= 0 and hi >= 0 for lo, hi in pads):
+      return _conv(lhs, rhs, pads)
+  return im2col_conv.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+                                          rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                                          feature_group_count=feature_group_count,
+                                          batch_group_count=batch_group_count, precision=precision,
+                                          preferred_element_type=preferred_element_type)

@@ -1,0 +1,112 @@
+"""oneDNN convolutions equal lax's, forward and both gradients; the CNN trained on them equals the lax one."""
+
+import functools
+import importlib.metadata
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax import lax
+
+from fer_jax import im2col_conv, models, onednn_conv, train
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+needs_onednn = pytest.mark.skipif(not onednn_conv.available(), reason="oneDNN's library does not load here")
+
+
+def _lax_conv(x, w, padding):
+  return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=NHWC)
+
+
+def _onednn(x, w, padding):
+  return onednn_conv.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=NHWC)
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape,kernel,padding", [
+    ((3, 12, 12, 1), (3, 3), "SAME"),      # the CNN's first layer: one input channel
+    ((4, 8, 8, 16), (3, 3), "SAME"),
+    ((2, 9, 7, 5), (3, 3), "VALID"),       # odd sizes, no padding
+    ((2, 10, 10, 3), (5, 3), ((2, 1), (0, 3))),  # non-square kernel, uneven explicit padding
+    ((5, 6, 6, 4), (1, 1), "SAME"),
+])
+def test_forward_and_gradients_match_lax(shape, kernel, padding):
+  kx, kw, kd = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, shape)
+  w = jax.random.normal(kw, (*kernel, shape[-1], 6)) * 0.3
+  y_ref = _lax_conv(x, w, padding)
+  y = jax.jit(_onednn, static_argnums=2)(x, w, padding)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  dy = jax.random.normal(kd, y_ref.shape)
+  loss = lambda f: (lambda x, w: jnp.sum(f(x, w, padding) * dy))
+  grads_ref = jax.grad(loss(_lax_conv), argnums=(0, 1))(x, w)
+  grads = jax.jit(jax.grad(loss(_onednn), argnums=(0, 1)))(x, w)
+  for g, g_ref in zip(grads, grads_ref):
+    np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(g_ref))))
+
+
+def test_uncovered_cases_go_to_im2col_or_lax():
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 4))
+  w = jax.random.normal(jax.random.key(2), (3, 3, 4, 4))
+  jaxpr = lambda f: str(jax.make_jaxpr(f)(x, w))
+  strided = jaxpr(lambda x, w: onednn_conv.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=NHWC))
+  assert "pure_callback" not in strided and "conv_general_dilated" in strided
+  half = jaxpr(lambda x, w: onednn_conv.conv_general_dilated(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), (1, 1),
+                                                             "SAME", dimension_numbers=NHWC))
+  assert "pure_callback" not in half and "custom_vjp_call" in half  # im2col's
+
+
+@needs_onednn
+def test_cnn_on_onednn_matches_cnn_on_lax():
+  """Same parameters and dropout draws: loss and logits agree to float32 rounding, and so do the gradients.
+
+  Gradients get a looser bound: a ~1e-7 difference can flip the winner of a
+  near-tied max-pool window, which moves one gradient contribution to the
+  neighbouring pixel (see im2col_conv_test).
+  """
+  plain, fast = models.CNN(), models.CNN(conv=onednn_conv.conv_general_dilated)
+  x = jax.random.uniform(jax.random.key(3), (8, 48, 48, 1))
+  labels = jnp.arange(8) % 7
+  params = plain.init(jax.random.key(4), x)["params"]
+
+  def loss(model, params):
+    logits = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(5)})
+    return jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1)), logits
+
+  (loss_ref, logits_ref), grads_ref = jax.jit(jax.value_and_grad(functools.partial(loss, plain), has_aux=True))(params)
+  (loss_fast, logits_fast), grads = jax.jit(jax.value_and_grad(functools.partial(loss, fast), has_aux=True))(params)
+  np.testing.assert_allclose(logits_fast, logits_ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(loss_fast, loss_ref, rtol=1e-5)
+  for path, g_ref in jax.tree_util.tree_leaves_with_path(grads_ref):
+    g = functools.reduce(lambda t, k: t[k.key], path, grads)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-3, atol=1e-3 * float(jnp.max(jnp.abs(g_ref))),
+                               err_msg=jax.tree_util.keystr(path))
+
+
+def _config(impl):
+  return ml_collections.ConfigDict({"conv_impl": impl})
+
+
+@needs_onednn
+def test_auto_trains_on_onednn_on_one_cpu_device():
+  assert jax.device_count() == 1
+  assert train.conv_function(_config("auto")) is onednn_conv.conv_general_dilated
+  assert train.conv_function(_config("im2col")) is im2col_conv.conv_general_dilated
+  assert train.conv_function(_config("xla")) is None
+
+
+def test_missing_library_is_reported_with_the_fix(monkeypatch):
+  def not_installed(name):
+    raise importlib.metadata.PackageNotFoundError(name)
+
+  monkeypatch.setattr(onednn_conv.importlib.metadata, "files", not_installed)
+  onednn_conv.load.cache_clear()
+  try:
+    assert not onednn_conv.available()
+    assert train.conv_function(_config("auto")) is im2col_conv.conv_general_dilated
+    with pytest.raises(onednn_conv.OneDnnUnavailable, match="pip install onednn-cpu-gomp"):
+      train.conv_function(_config("onednn"))
+  finally:
+    onednn_conv.load.cache_clear()
