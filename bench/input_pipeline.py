@@ -72,11 +72,12 @@ def build_bench_dataset(data_dir: str, num_train: int, encoding: str) -> str:
 
 
 def make_config(name: str, builder_config: str | None, data_dir: str, num_workers: int, batch_size: int,
-                augment: bool) -> ml_collections.ConfigDict:
+                augment: bool, cache_max_mb: float = 0) -> ml_collections.ConfigDict:
+  """The pipeline's config; cache_max_mb=0 reads the files for every batch (the trainer's default caches)."""
   return ml_collections.ConfigDict(dict(
       seed=0, batch_size=batch_size, eval_batch_size=batch_size,
       data=dict(name=name, config=builder_config, data_dir=data_dir, train_split="train", eval_split="validation",
-                num_workers=num_workers, prefetch=2, normalization="standardize",
+                num_workers=num_workers, prefetch=2, normalization="standardize", cache_max_mb=cache_max_mb,
                 augment=dict(AUGMENT, enabled=augment))))
 
 

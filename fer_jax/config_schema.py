@@ -40,6 +40,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.normalization = "unit"          # unit: [0, 1]; standardize: per-dataset mean/std.
   c.data.norm_stats_examples = 4096      # Train examples sampled for the standardize mean/std.
   c.data.read_threads = 1                # Threads reading ArrayRecord per training process/worker.
+  c.data.cache_max_mb = 1024             # Keep the decoded training split in memory (per process/worker) when it
+                                         # takes at most this many MB (FER2013: 66); 0 = always read the files.
   c.data.eval_read_threads = 2
   c.data.augment = ml_collections.ConfigDict()
   c.data.augment.enabled = True
@@ -141,6 +143,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
     _fail("num_epochs", config.num_epochs, "must be > 0 when num_train_steps is not set")
   if config.data.num_workers < 0:
     _fail("data.num_workers", config.data.num_workers, "must be >= 0")
+  if config.data.get("cache_max_mb", 0) < 0:
+    _fail("data.cache_max_mb", config.data.cache_max_mb, "must be >= 0 (0 = never cache)")
   for field in ("label_smoothing",):
     if not 0.0 <= config[field] < 1.0:
       _fail(field, config[field], "must be in [0, 1)")

@@ -555,6 +555,45 @@ class ShuffledKeyBatches:
     return out
 
 
+class CachedExamples:
+  """The decoded images and labels of `keys`, read into memory on first use; same `read_batch` as ExampleSource.
+
+  A training step on CPU can outrun reading: ArrayRecord reads and decoding
+  cost ~21 us per 48x48 image, a third of the pipeline. FER2013's training split
+  decoded is 66 MB. Each process (grain worker) loads its own copy when it
+  first reads; pickling to a worker sends only the keys.
+  """
+
+  def __init__(self, source: ExampleSource, keys: np.ndarray, chunk: int = 1024):
+    self._source = source
+    self._keys = np.asarray(keys)
+    self._chunk = chunk
+    self._slots = self._images = self._labels = None
+
+  def read_batch(self, keys: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    if self._images is None:
+      parts = [self._source.read_batch(self._keys[i:i + self._chunk]) for i in range(0, len(self._keys), self._chunk)]
+      self._images = np.concatenate([images for images, _ in parts])
+      self._labels = np.concatenate([labels for _, labels in parts])
+      self._slots = np.full(len(self._source), -1, np.int64)
+      self._slots[self._keys] = np.arange(len(self._keys))
+    slots = self._slots[np.asarray(keys)]
+    if (slots < 0).any():
+      raise KeyError(f"Keys {np.asarray(keys)[slots < 0][:5]} are not among the cached examples.")
+    return self._images[slots], self._labels[slots]
+
+  def __getstate__(self) -> dict[str, Any]:
+    return {**self.__dict__, "_slots": None, "_images": None, "_labels": None}
+
+
+def train_reader(source: ExampleSource, keys: np.ndarray, builder: tfds.core.DatasetBuilder,
+                  config: Any) -> ExampleSource | CachedExamples:
+  """The cache when this process's share of the split fits `data.cache_max_mb` (decoded), else the files."""
+  image = builder.info.features["image"]
+  megabytes = len(keys) * math.prod(image.shape) * np.dtype(image.np_dtype).itemsize / 2**20
+  return CachedExamples(source, keys) if megabytes <= float(_cfg_get(config.data, "cache_max_mb", 0)) else source
+
+
 class TrainBatch:
   """Reads, augments and normalises one batch of example keys (grain random_map on the key batch).
 
@@ -562,7 +601,8 @@ class TrainBatch:
   the worker count and after a restore.
   """
 
-  def __init__(self, source: ExampleSource, augment: augment_lib.AugmentConfig, normalizer: Normalizer):
+  def __init__(self, source: ExampleSource | CachedExamples, augment: augment_lib.AugmentConfig,
+               normalizer: Normalizer):
     self.source = source
     self.augment = augment
     self.normalizer = normalizer
@@ -611,7 +651,8 @@ def create_train_dataset(config: Any, *, process_index: int = 0, process_count: 
                      f"({len(source)} in the split).")
   seed = int(config.seed)
   ds = grain.MapDataset.source(ShuffledKeyBatches(keys, batch_size, _derive_seed(seed, 0, process_index)))
-  ds = ds.random_map(TrainBatch(source, augment, _normalizer(config)), seed=_derive_seed(seed, 1, process_index))
+  ds = ds.random_map(TrainBatch(train_reader(source, keys, builder, config), augment, _normalizer(config)),
+                     seed=_derive_seed(seed, 1, process_index))
   prefetch = int(_cfg_get(config.data, "prefetch", 2))
   threads = int(_cfg_get(config.data, "read_threads", 1))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(prefetch, threads)))

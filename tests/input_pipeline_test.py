@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 
 import grain
 import ml_collections
@@ -309,6 +310,45 @@ def test_workers_give_the_same_batches_as_the_main_process(data_dir):
     it.close()
   assert_batches_equal(expected, got)
   assert json.loads(json.dumps(state)) == state  # per-worker state, checkpointable as JSON
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_in_memory_cache_gives_the_same_batches_as_reading_the_files(data_dir, num_workers):
+  config = make_config(data_dir, augment=ALL_AUGMENT, num_workers=num_workers)
+  cached = make_config(data_dir, augment=ALL_AUGMENT, num_workers=num_workers, cache_max_mb=1)
+  batches = []
+  for c in (config, cached):
+    it = iter(input_pipeline.create_train_dataset(c))
+    try:
+      batches.append(take(it, 30))  # > 2 epochs of the 103 training examples
+    finally:
+      if num_workers:
+        it.close()
+  assert_batches_equal(*batches)
+
+
+def test_cache_is_used_when_the_split_fits(data_dir):
+  builder = input_pipeline.prepared_builder(make_config(data_dir))
+  source = input_pipeline.ExampleSource(builder, "train")
+  keys = np.arange(len(source))  # 103 images of 12x12x1: 0.014 MB
+  reader = lambda **kw: input_pipeline.train_reader(source, keys, builder, make_config(data_dir, **kw))
+  assert isinstance(reader(), input_pipeline.ExampleSource)  # make_config has no cache_max_mb: 0, never
+  assert isinstance(reader(cache_max_mb=1), input_pipeline.CachedExamples)
+  assert isinstance(reader(cache_max_mb=0.01), input_pipeline.ExampleSource)
+
+
+def test_cached_examples_read_each_process_shard_only(data_dir):
+  source = input_pipeline.ExampleSource(FerTinyTest(data_dir=data_dir, config="gray12",
+                                                    file_format="array_record"), "train")
+  keys = np.arange(1, len(source), 2)
+  cached = input_pipeline.CachedExamples(source, keys, chunk=7)
+  images, labels = cached.read_batch(keys[::-1])
+  expected_images, expected_labels = source.read_batch(keys[::-1])
+  np.testing.assert_array_equal(images, expected_images)
+  np.testing.assert_array_equal(labels, expected_labels)
+  with pytest.raises(KeyError, match="not among the cached examples"):
+    cached.read_batch([0])
+  assert pickle.loads(pickle.dumps(cached))._images is None  # workers load their own copy
 
 
 def test_standardize_uses_cached_train_stats(data_dir):
