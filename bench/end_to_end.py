@@ -8,7 +8,9 @@ Two kinds of fer_jax worker (bench/fer_jax_worker.py), alternating turns:
   pipeline, k w  each step takes the next batch from the training pipeline
                  (ArrayRecord read, decode, rotation/shift/zoom/flip/pad-crop/
                  erasing augmentation, standardisation, k grain worker
-                 processes) and hands it to the device as the trainer does.
+                 processes) and hands it to the device as the trainer does,
+                 with the trainer's in-memory cache of the decoded split
+                 (data.cache_max_mb).
 The dataset is FER2013-shaped (48x48x1, 8,192 images), built in-script
 (bench/input_pipeline.py). Prints medians and the pipeline's cost,
 1 - pipeline/bare, in percent. The bar: under 5%.

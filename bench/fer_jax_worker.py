@@ -10,8 +10,10 @@ bench/worker_protocol.py); by hand:
   +malloc    plain, with fer_jax.host_allocator (no per-step page faults)
   +pool      +malloc, with fer_jax.pooling.max_pool_2x2
   +im2col    +pool, with fer_jax.im2col_conv's convolutions
-  fer_jax    what `python -m fer_jax.main` trains: fer_jax.models as train.create_model builds them
-             on CPU, i.e. +im2col with fer_jax.dropout (fewer random bits per mask)
+  +dropout   fer_jax.models with im2col convolutions (config.conv_impl=im2col), i.e. +im2col with
+             fer_jax.dropout (fewer random bits per mask)
+  fer_jax    what `python -m fer_jax.main` trains: fer_jax.models as train.create_model builds them;
+             on a 1-device CPU run that is +dropout with oneDNN's convolutions (fer_jax.onednn_conv)
 --input pipeline (train only) feeds each step from the grain training pipeline
 with augmentation (the trainer's own loop) instead of one in-memory batch.
 
@@ -30,7 +32,7 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)
 sys.path.insert(0, os.path.dirname(BENCH_DIR))
 
-VARIANTS = ("plain", "+malloc", "+pool", "+im2col", "fer_jax")
+VARIANTS = ("plain", "+malloc", "+pool", "+im2col", "+dropout", "fer_jax")
 
 
 def textbook_model(name: str, pool, conv=None):
@@ -68,9 +70,10 @@ def build_model(name: str, variant: str):
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   from fer_jax import config_schema, im2col_conv, pooling, train  # pylint: disable=g-import-not-at-top
-  if variant == "fer_jax":
+  if variant in ("+dropout", "fer_jax"):
     config = config_schema.base_config()
     config.model = name
+    config.conv_impl = "im2col" if variant == "+dropout" else "auto"
     if name == "cnn":
       config.model_kwargs = ml_collections.ConfigDict(dict(conv_features=(32, 64, 128), dense_features=(256, 128)))
     return train.create_model(config, num_classes=7)
@@ -121,7 +124,9 @@ def main() -> None:
     import input_pipeline as bench_pipeline  # pylint: disable=g-import-not-at-top  (bench/input_pipeline.py)
     from fer_jax import input_pipeline  # pylint: disable=g-import-not-at-top
     name = bench_pipeline.build_bench_dataset(args.data_dir, 8192, "bytes")
-    config = bench_pipeline.make_config("fer_bench", name, args.data_dir, args.workers, args.batch, augment=True)
+    from fer_jax import config_schema  # pylint: disable=g-import-not-at-top
+    config = bench_pipeline.make_config("fer_bench", name, args.data_dir, args.workers, args.batch, augment=True,
+                                        cache_max_mb=config_schema.base_config().data.cache_max_mb)  # the trainer's
     from fer_jax import parallel  # pylint: disable=g-import-not-at-top
     batches, mesh = iter(input_pipeline.create_train_dataset(config)), parallel.create_mesh()
     # As the trainer does: the host batch becomes a (data-sharded) device array, then the step.

@@ -3,6 +3,7 @@
     python bench/train_step.py                                   # seeds' CNN, batch 64
     python bench/train_step.py --model vgg --rounds 5
     python bench/train_step.py --peer_python /path/to/venv/bin/python   # peers installed elsewhere
+    python bench/train_step.py --end_to_end       # + fer_jax fed by its augmenting input pipeline
 
 Each contender is a worker process (bench/fer_jax_worker.py,
 bench/peers/torch_worker.py, bench/peers/keras_worker.py) holding its model,
@@ -11,8 +12,8 @@ first; then, round after round, each runs --steps training steps in turn, so
 that only one computes at a time and load from elsewhere hits all alike
 (bench/worker_protocol.py). Prints the median images/s over rounds, the
 spread, and ratios to fer_jax. fer_jax's speed-ups are measured one at a
-time (--variants): plain Flax, + host allocator, + pooling, + im2col, fer_jax (+ dropout
-masks from fewer random bits).
+time (--variants): plain Flax, + host allocator, + pooling, + im2col, + dropout
+masks from fewer random bits, fer_jax (+ oneDNN's convolutions).
 
 The peers need the `peers` extra (`pip install -e '.[peers]'`, best in a
 separate virtual environment: TensorFlow installed next to fer_jax makes tfds
@@ -40,6 +41,9 @@ def contenders(args: argparse.Namespace, task: str) -> list[tuple[str, list[str]
   common = ["--model", args.model, "--task", task, "--batch", str(args.batch)]
   fer = [sys.executable, os.path.join(BENCH_DIR, "fer_jax_worker.py"), *common]
   out = [(f"fer_jax {v}" if v != "fer_jax" else "fer_jax", fer + ["--variant", v]) for v in args.variants.split(",")]
+  if getattr(args, "end_to_end", False):
+    # The trainer's own input: grain pipeline with augmentation, in the training process (data.num_workers=0).
+    out.append(("fer_jax end to end", fer + ["--input", "pipeline", "--workers", "0"]))
   peer = [args.peer_python]
   torch_worker = os.path.join(BENCH_DIR, "peers", "torch_worker.py")
   keras_worker = os.path.join(BENCH_DIR, "peers", "keras_worker.py")
@@ -93,10 +97,13 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--steps", type=int, default=20, help="timed steps per turn")
   parser.add_argument("--rounds", type=int, default=7, help="turns per contender; the median is reported")
-  parser.add_argument("--variants", default="plain,+malloc,+pool,+im2col,fer_jax", help="fer_jax variants (fer_jax_worker.py)")
+  parser.add_argument("--variants", default="plain,+malloc,+pool,+im2col,+dropout,fer_jax",
+                      help="fer_jax variants (fer_jax_worker.py)")
   parser.add_argument("--peers", default="torch,keras,keras_xla",
                       help="comma list of torch, torch_compile, keras, keras_xla (empty: none)")
   parser.add_argument("--peer_python", default=sys.executable, help="interpreter with torch / tensorflow")
+  parser.add_argument("--end_to_end", action="store_true",
+                      help="also time fer_jax fed by its input pipeline (augmentation on), as the trainer runs")
   parser.add_argument("--json", default=None, help="also write the results here")
   args = parser.parse_args()
 
@@ -109,10 +116,11 @@ def main() -> None:
     for w in workers:
       w.close()
   extra = {}
-  if "fer_jax" in results:
+  for ours in ("fer_jax", "fer_jax end to end"):
     for peer in ("pytorch eager", "keras/tf"):
-      if peer in results:
-        extra[peer] = f"fer_jax / {peer}: {results['fer_jax']['items_per_s'] / results[peer]['items_per_s']:.2f}x"
+      if ours in results and peer in results:
+        extra[f"{ours} {peer}"] = (f"{ours} / {peer}: "
+                                   f"{results[ours]['items_per_s'] / results[peer]['items_per_s']:.2f}x")
   print_table("training images/s", results, "images/s", "fer_jax", extra)
   if args.json:
     with open(args.json, "w") as f:
