@@ -87,12 +87,22 @@ def _conv_bwd(pads, precision, residuals, dy):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def is_nhwc(lhs_shape: Sequence[int], rhs_shape: Sequence[int], dimension_numbers: Any) -> bool:
-  """Whether `dimension_numbers` say NHWC input, HWIO kernel, NHWC output."""
-  if dimension_numbers is None:
-    return False  # lax's default is NCHW.
-  want = lax.conv_dimension_numbers(lhs_shape, rhs_shape, _LAYOUT)
-  return lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers) == want
+def stride1_nhwc_pads(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+                      padding: str | Sequence[tuple[int, int]], lhs_dilation: Sequence[int] | None,
+                      rhs_dilation: Sequence[int] | None, dimension_numbers: Any, feature_group_count: int,
+                      batch_group_count: int, preferred_element_type: Any) -> Pads | None:
+  """The explicit pads when a `lax.conv_general_dilated` call is a plain stride-1 2-D NHWC/HWIO one, else None."""
+  ones = lambda v: v is None or all(d == 1 for d in v)
+  if not (lhs.ndim == 4 and all(s == 1 for s in window_strides) and ones(lhs_dilation) and ones(rhs_dilation)
+          and feature_group_count == 1 and batch_group_count == 1 and preferred_element_type is None
+          and lhs.dtype == rhs.dtype and dimension_numbers is not None  # lax's default is NCHW
+          and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+          == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _LAYOUT)):
+    return None
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+  pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+  return pads if all(lo >= 0 and hi >= 0 for lo, hi in pads) else None
 
 
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
@@ -101,15 +111,10 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                          feature_group_count: int = 1, batch_group_count: int = 1, precision: Any = None,
                          preferred_element_type: Any = None) -> jax.Array:
   """`lax.conv_general_dilated`, computed by im2col for stride-1 2-D NHWC/HWIO convolutions."""
-  ones = lambda v: v is None or all(d == 1 for d in v)
-  if (lhs.ndim == 4 and all(s == 1 for s in window_strides) and ones(lhs_dilation) and ones(rhs_dilation)
-      and feature_group_count == 1 and batch_group_count == 1 and preferred_element_type is None
-      and lhs.dtype == rhs.dtype and is_nhwc(lhs.shape, rhs.shape, dimension_numbers)):
-    if isinstance(padding, str):
-      padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-    if all(lo >= 0 and hi >= 0 for lo, hi in pads):
-      return _conv(lhs, rhs, pads, precision)
+  pads = stride1_nhwc_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                           feature_group_count, batch_group_count, preferred_element_type)
+  if pads is not None:
+    return _conv(lhs, rhs, pads, precision)
   return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                   rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                   feature_group_count=feature_group_count, batch_group_count=batch_group_count,

@@ -37,7 +37,6 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
-from jax import lax
 
 from fer_jax import im2col_conv
 
@@ -267,15 +266,11 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                          feature_group_count: int = 1, batch_group_count: int = 1, precision: Any = None,
                          preferred_element_type: Any = None) -> jax.Array:
   """`lax.conv_general_dilated` on oneDNN for stride-1 2-D NHWC/HWIO float32 convolutions, else im2col's."""
-  ones = lambda v: v is None or all(d == 1 for d in v)
-  if (lhs.ndim == 4 and all(s == 1 for s in window_strides) and ones(lhs_dilation) and ones(rhs_dilation)
-      and feature_group_count == 1 and batch_group_count == 1 and preferred_element_type is None
-      and lhs.dtype == rhs.dtype == jnp.float32 and im2col_conv.is_nhwc(lhs.shape, rhs.shape, dimension_numbers)):
-    if isinstance(padding, str):
-      padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-    if all(lo >= 0 and hi >= 0 for lo, hi in pads):
-      return _conv(lhs, rhs, pads)
+  pads = im2col_conv.stride1_nhwc_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                       dimension_numbers, feature_group_count, batch_group_count,
+                                       preferred_element_type)
+  if pads is not None and lhs.dtype == jnp.float32:
+    return _conv(lhs, rhs, pads)
   return im2col_conv.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                           rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                           feature_group_count=feature_group_count,

@@ -102,60 +102,59 @@ static XLA_FFI_Error* status_error(XLA_FFI_CallFrame* frame, int status, const c
   return error(frame, message);
 }
 
-/* args: x [N,H,W,Ci], kernel [kh,kw,Ci,Co]; rets: y [N,Ho,Wo,Co]. */
-XLA_FFI_Error* fer_onednn_conv_forward(XLA_FFI_CallFrame* frame) {
-  const Plan* p;
-  void *in[2], *out[1];
+/* Decodes the call, then runs `body` on the plan and XLA's buffers, one call at a time. */
+static XLA_FFI_Error* handle(XLA_FFI_CallFrame* frame, int64_t nargs, int64_t nrets,
+                             int (*body)(const Plan*, void* const*, void* const*), const char* what) {
+  const Plan* plan = NULL;
+  void *in[3], *out[2];
   int done;
-  XLA_FFI_Error* err = decode(frame, 2, 1, &p, in, out, &done);
+  XLA_FFI_Error* err = decode(frame, nargs, nrets, &plan, in, out, &done);
   if (err != NULL || done) return err;
   pthread_mutex_lock(&lock);
+  int status = body(plan, in, out);
+  pthread_mutex_unlock(&lock);
+  return status == 0 ? NULL : status_error(frame, status, what);
+}
+
+/* in: x [N,H,W,Ci], kernel [kh,kw,Ci,Co]; out: y [N,Ho,Wo,Co]. */
+static int forward(const Plan* p, void* const* in, void* const* out) {
   int status = run(p, p->to_forward_weights, 2, (int[]){ARG_SRC, ARG_DST},
                    (void*[]){p->hwio_md, p->forward_weights_md}, (void*[]){in[1], p->forward_weights});
   if (status == 0)
     status = run(p, p->forward, 3, (int[]){ARG_SRC, ARG_WEIGHTS, ARG_DST},
                  (void*[]){p->src_md, p->forward_weights_md, p->dst_md}, (void*[]){in[0], p->forward_weights, out[0]});
-  pthread_mutex_unlock(&lock);
-  return status == 0 ? NULL : status_error(frame, status, "forward");
-}
-
-static int kernel_grad(const Plan* p, void* x, void* dy, void* dkernel) {
-  int status = run(p, p->backward_weights, 3, (int[]){ARG_SRC, ARG_DIFF_DST, ARG_DIFF_WEIGHTS},
-                   (void*[]){p->src_md, p->dst_md, p->diff_weights_md}, (void*[]){x, dy, p->diff_weights});
-  if (status == 0)
-    status = run(p, p->from_diff_weights, 2, (int[]){ARG_SRC, ARG_DST}, (void*[]){p->diff_weights_md, p->hwio_md},
-                 (void*[]){p->diff_weights, dkernel});
   return status;
 }
 
-/* args: x, dy; rets: dkernel. */
-XLA_FFI_Error* fer_onednn_conv_kernel_grad(XLA_FFI_CallFrame* frame) {
-  const Plan* p;
-  void *in[2], *out[1];
-  int done;
-  XLA_FFI_Error* err = decode(frame, 2, 1, &p, in, out, &done);
-  if (err != NULL || done) return err;
-  pthread_mutex_lock(&lock);
-  int status = kernel_grad(p, in[0], in[1], out[0]);
-  pthread_mutex_unlock(&lock);
-  return status == 0 ? NULL : status_error(frame, status, "kernel gradient");
+/* in: x, dy; out: dkernel. */
+static int kernel_grad(const Plan* p, void* const* in, void* const* out) {
+  int status = run(p, p->backward_weights, 3, (int[]){ARG_SRC, ARG_DIFF_DST, ARG_DIFF_WEIGHTS},
+                   (void*[]){p->src_md, p->dst_md, p->diff_weights_md}, (void*[]){in[0], in[1], p->diff_weights});
+  if (status == 0)
+    status = run(p, p->from_diff_weights, 2, (int[]){ARG_SRC, ARG_DST}, (void*[]){p->diff_weights_md, p->hwio_md},
+                 (void*[]){p->diff_weights, out[0]});
+  return status;
 }
 
-/* args: x, dy, kernel; rets: dx, dkernel. */
-XLA_FFI_Error* fer_onednn_conv_grads(XLA_FFI_CallFrame* frame) {
-  const Plan* p;
-  void *in[3], *out[2];
-  int done;
-  XLA_FFI_Error* err = decode(frame, 3, 2, &p, in, out, &done);
-  if (err != NULL || done) return err;
-  pthread_mutex_lock(&lock);
+/* in: x, dy, kernel; out: dx, dkernel. */
+static int grads(const Plan* p, void* const* in, void* const* out) {
   int status = run(p, p->to_backward_data_weights, 2, (int[]){ARG_SRC, ARG_DST},
                    (void*[]){p->hwio_md, p->backward_data_weights_md}, (void*[]){in[2], p->backward_data_weights});
   if (status == 0)
     status = run(p, p->backward_data, 3, (int[]){ARG_DIFF_DST, ARG_WEIGHTS, ARG_DIFF_SRC},
                  (void*[]){p->dst_md, p->backward_data_weights_md, p->src_md},
                  (void*[]){in[1], p->backward_data_weights, out[0]});
-  if (status == 0) status = kernel_grad(p, in[0], in[1], out[1]);
-  pthread_mutex_unlock(&lock);
-  return status == 0 ? NULL : status_error(frame, status, "input and kernel gradients");
+  return status == 0 ? kernel_grad(p, in, out + 1) : status;
+}
+
+XLA_FFI_Error* fer_onednn_conv_forward(XLA_FFI_CallFrame* frame) {
+  return handle(frame, 2, 1, forward, "forward");
+}
+
+XLA_FFI_Error* fer_onednn_conv_kernel_grad(XLA_FFI_CallFrame* frame) {
+  return handle(frame, 2, 1, kernel_grad, "kernel gradient");
+}
+
+XLA_FFI_Error* fer_onednn_conv_grads(XLA_FFI_CallFrame* frame) {
+  return handle(frame, 3, 2, grads, "input and kernel gradients");
 }

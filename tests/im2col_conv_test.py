@@ -23,26 +23,34 @@ def _im2col(x, w, padding):
   return im2col_conv.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=NHWC)
 
 
-@pytest.mark.parametrize("shape,kernel,padding", [
+CASES = [  # (input shape, kernel hw, padding); also used by onednn_conv_test.py
     ((3, 12, 12, 1), (3, 3), "SAME"),      # the CNN's first layer: one input channel
     ((4, 8, 8, 16), (3, 3), "SAME"),
     ((2, 9, 7, 5), (3, 3), "VALID"),       # odd sizes, no padding
     ((2, 10, 10, 3), (5, 3), ((2, 1), (0, 3))),  # non-square kernel, uneven explicit padding
     ((5, 6, 6, 4), (1, 1), "SAME"),
-])
-def test_forward_and_gradients_match_lax(shape, kernel, padding):
+]
+
+
+def check_matches_lax(conv, shape, kernel, padding):
+  """`conv(x, w, padding)` equals lax's stride-1 NHWC convolution, forward and both gradients, to float32 rounding."""
   kx, kw, kd = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, shape)
   w = jax.random.normal(kw, (*kernel, shape[-1], 6)) * 0.3
   y_ref = _lax_conv(x, w, padding)
-  y = jax.jit(_im2col, static_argnums=2)(x, w, padding)
+  y = jax.jit(conv, static_argnums=2)(x, w, padding)
   np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
   dy = jax.random.normal(kd, y_ref.shape)
   loss = lambda f: (lambda x, w: jnp.sum(f(x, w, padding) * dy))
   grads_ref = jax.grad(loss(_lax_conv), argnums=(0, 1))(x, w)
-  grads = jax.jit(jax.grad(loss(_im2col), argnums=(0, 1)))(x, w)
+  grads = jax.jit(jax.grad(loss(conv), argnums=(0, 1)))(x, w)
   for g, g_ref in zip(grads, grads_ref):
     np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(g_ref))))
+
+
+@pytest.mark.parametrize("shape,kernel,padding", CASES)
+def test_forward_and_gradients_match_lax(shape, kernel, padding):
+  check_matches_lax(_im2col, shape, kernel, padding)
 
 
 def test_unsupported_cases_fall_back_to_lax():

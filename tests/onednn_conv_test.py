@@ -8,16 +8,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from jax import lax
 
 from fer_jax import im2col_conv, models, onednn_conv, train
+from im2col_conv_test import CASES, NHWC, check_matches_lax  # tests/, on pytest's path
 
-NHWC = ("NHWC", "HWIO", "NHWC")
 needs_onednn = pytest.mark.skipif(not onednn_conv.available(), reason="oneDNN's library does not load here")
-
-
-def _lax_conv(x, w, padding):
-  return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=NHWC)
 
 
 def _onednn(x, w, padding):
@@ -25,26 +20,9 @@ def _onednn(x, w, padding):
 
 
 @needs_onednn
-@pytest.mark.parametrize("shape,kernel,padding", [
-    ((3, 12, 12, 1), (3, 3), "SAME"),      # the CNN's first layer: one input channel
-    ((4, 8, 8, 16), (3, 3), "SAME"),
-    ((2, 9, 7, 5), (3, 3), "VALID"),       # odd sizes, no padding
-    ((2, 10, 10, 3), (5, 3), ((2, 1), (0, 3))),  # non-square kernel, uneven explicit padding
-    ((5, 6, 6, 4), (1, 1), "SAME"),
-])
+@pytest.mark.parametrize("shape,kernel,padding", CASES)
 def test_forward_and_gradients_match_lax(shape, kernel, padding):
-  kx, kw, kd = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(kx, shape)
-  w = jax.random.normal(kw, (*kernel, shape[-1], 6)) * 0.3
-  y_ref = _lax_conv(x, w, padding)
-  y = jax.jit(_onednn, static_argnums=2)(x, w, padding)
-  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
-  dy = jax.random.normal(kd, y_ref.shape)
-  loss = lambda f: (lambda x, w: jnp.sum(f(x, w, padding) * dy))
-  grads_ref = jax.grad(loss(_lax_conv), argnums=(0, 1))(x, w)
-  grads = jax.jit(jax.grad(loss(_onednn), argnums=(0, 1)))(x, w)
-  for g, g_ref in zip(grads, grads_ref):
-    np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(g_ref))))
+  check_matches_lax(_onednn, shape, kernel, padding)
 
 
 def test_uncovered_cases_go_to_im2col_or_lax():
