@@ -221,10 +221,11 @@ def _build_handlers(library_path: str) -> str:
 
 
 @functools.cache
-def _register_handlers() -> None:
+def _register_handlers() -> ctypes.CDLL:
   handlers = ctypes.CDLL(_build_handlers(_library_path()))
   for name in _TARGETS:
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(handlers, name)), platform="cpu")
+  return handlers  # Cached: the handlers stay loaded.
 
 
 def _call(target: str, plan: _Plan, results: Any, *args: jax.Array) -> Any:

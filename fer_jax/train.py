@@ -64,12 +64,15 @@ def conv_function(config: ml_collections.ConfigDict) -> Any:
 
 def _pick_conv(impl: str) -> Any:
   if impl == "onednn":
-    if not onednn_conv.available():
-      onednn_conv.prepare()  # Raises the error that says what is missing.
+    onednn_conv.prepare()  # Raises an error that says what is missing.
     return onednn_conv.conv_general_dilated
   if impl == "auto" and jax.default_backend() == "cpu":
-    if jax.device_count() == 1 and onednn_conv.available():
-      return onednn_conv.conv_general_dilated
+    if jax.device_count() == 1:
+      try:
+        onednn_conv.prepare()
+        return onednn_conv.conv_general_dilated
+      except onednn_conv.OneDnnUnavailable as e:
+        logging.warning("Training convolutions use im2col, slower than oneDNN: %s", e)
     return im2col_conv.conv_general_dilated
   if impl == "im2col":
     return im2col_conv.conv_general_dilated
