@@ -203,7 +203,11 @@ def _build_handlers(library_path: str) -> str:
   target = os.path.join(cache, f"onednn_ffi-{digest}.so")
   if os.path.exists(target):
     return target
-  os.makedirs(cache, exist_ok=True)
+  try:
+    os.makedirs(cache, exist_ok=True)
+  except OSError as e:
+    raise OneDnnUnavailable(f"Cannot create {cache} for the compiled handlers ({e}); set FER_JAX_CACHE_DIR to a "
+                            "writable directory, or config.conv_impl=im2col.") from e
   compiler = os.environ.get("CC", "cc")
   partial = f"{target}.{os.getpid()}.tmp"
   library_dir = os.path.dirname(library_path)
@@ -216,7 +220,7 @@ def _build_handlers(library_path: str) -> str:
                             "or set config.conv_impl=im2col.") from e
   if result.returncode != 0:
     raise OneDnnUnavailable(f"Building {source} failed ({' '.join(command)}):\n{result.stderr[-2000:]}")
-  os.replace(partial, target)  # Atomic: processes building at once do not see half a file.
+  os.replace(partial, target)  # Atomic: processes building at once never load half a file.
   return target
 
 

@@ -88,3 +88,11 @@ def test_missing_library_is_reported_with_the_fix(monkeypatch):
       train.conv_function(_config("onednn"))
   finally:
     onednn_conv.load.cache_clear()
+
+
+def test_unwritable_cache_is_reported_not_raised(monkeypatch, tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  monkeypatch.setenv("FER_JAX_CACHE_DIR", str(blocker / "cache"))  # a directory under a file cannot exist
+  with pytest.raises(onednn_conv.OneDnnUnavailable, match="FER_JAX_CACHE_DIR"):
+    onednn_conv._build_handlers("/nonexistent/libdnnl.so.3")
