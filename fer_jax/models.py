@@ -5,10 +5,11 @@ float32 logits [N, num_classes]. `dtype` is the compute dtype (bfloat16 on
 accelerators); parameters stay float32.
 
 `conv` is the function the convolutions call when training (train.py passes
-fer_jax.im2col_conv's on CPU); training also pools with
-pooling.max_pool_2x2. Both are there for their fast gradients on XLA:CPU and
-compute the same values; without gradients, XLA's own convolution and
-reduce_window are faster (bench/inference.py), so `train=False` uses those.
+fer_jax.onednn_conv's or fer_jax.im2col_conv's on CPU); training also pools
+with pooling.max_pool_2x2. Both are there for their fast gradients on XLA:CPU
+and compute the same values to float32 rounding; `train=False` uses XLA's own
+convolution and reduce_window, which keeps exported inference free of
+fer_jax's custom calls (docs/BENCHMARKS.md, inference).
 Neither changes the parameters. Dropout is fer_jax.dropout's: nn.Dropout's
 distribution from fewer random bits.
 """

@@ -59,6 +59,7 @@ class _Library:
   """The loaded libdnnl with one CPU engine and stream."""
 
   def __init__(self, path: str):
+    self.path = path
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")  # Read by libgomp when it loads (module docstring).
     self.lib = ctypes.CDLL(path)
     self.lib.dnnl_memory_desc_get_size.restype = ctypes.c_size_t
@@ -130,10 +131,11 @@ def available() -> bool:
   return True
 
 
-def prepare() -> None:
+def prepare() -> _Library:
   """Loads the library and registers the FFI handlers; raises OneDnnUnavailable saying what is missing."""
-  load()
-  _register_handlers()
+  library = load()
+  _register_handlers(library.path)
+  return library
 
 
 class _CPlan(ctypes.Structure):
@@ -148,8 +150,7 @@ class _Plan:
   """oneDNN's three convolution primitives for one shape: NHWC/HWIO data, weights reordered to oneDNN's layout."""
 
   def __init__(self, in_shape: tuple[int, ...], kernel_shape: tuple[int, ...], pads: im2col_conv.Pads):
-    prepare()
-    lib = load()
+    lib = prepare()
     (n, h, w, cin), (kh, kw, _, cout) = in_shape, kernel_shape
     self.out_shape = (n, h + sum(pads[0]) - kh + 1, w + sum(pads[1]) - kw + 1, cout)
     src = lib.memory_desc((n, cin, h, w), _TAG_NHWC)  # oneDNN's dims are NCHW; the tag gives the layout.
@@ -194,9 +195,10 @@ def _build_handlers(library_path: str) -> str:
   """Compiles onednn_ffi.c (once per source, headers and library; cached) and returns the shared object's path."""
   source = os.path.join(os.path.dirname(__file__), "onednn_ffi.c")
   include = os.path.join(os.path.dirname(jaxlib.__file__), "include")
-  if not os.path.exists(os.path.join(include, "xla", "ffi", "api", "c_api.h")):
+  header = os.path.join(include, "xla", "ffi", "api", "c_api.h")
+  if not os.path.exists(header):
     raise OneDnnUnavailable(f"jaxlib {jaxlib.__version__} has no XLA FFI headers under {include}.")
-  with open(source, "rb") as f, open(os.path.join(include, "xla", "ffi", "api", "c_api.h"), "rb") as g:
+  with open(source, "rb") as f, open(header, "rb") as g:
     digest = hashlib.sha256(f.read() + g.read() + library_path.encode()).hexdigest()[:16]
   cache = os.environ.get("FER_JAX_CACHE_DIR") or os.path.join(
       os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fer_jax")
@@ -225,8 +227,8 @@ def _build_handlers(library_path: str) -> str:
 
 
 @functools.cache
-def _register_handlers() -> ctypes.CDLL:
-  handlers = ctypes.CDLL(_build_handlers(_library_path()))
+def _register_handlers(library_path: str) -> ctypes.CDLL:
+  handlers = ctypes.CDLL(_build_handlers(library_path))
   for name in _TARGETS:
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(handlers, name)), platform="cpu")
   return handlers  # Cached: the handlers stay loaded.
