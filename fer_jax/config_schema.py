@@ -7,7 +7,9 @@ fails at start-up instead of being silently ignored.
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import math
+from typing import Any, Iterator
 
 import ml_collections
 
@@ -117,8 +119,29 @@ def tta_views(config: ml_collections.ConfigDict) -> list[str]:
   return [v.strip() for v in config.eval.tta.split(",") if v.strip()]
 
 
+def _leaves(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+  """(dotted field name, value) of every leaf; tuple elements are leaves of their field."""
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      yield from _leaves(value, name + ".")
+    elif isinstance(value, (tuple, list)):
+      yield from ((name, v) for v in value)
+    else:
+      yield name, value
+
+
+def model_fields(name: str) -> tuple[str, ...]:
+  """The keyword arguments model `name` takes from config.model_kwargs (the rest come from the config)."""
+  set_elsewhere = {"parent", "name", "num_classes", "dtype", "conv"}
+  return tuple(f.name for f in dataclasses.fields(models.MODELS[name]) if f.init and f.name not in set_elsewhere)
+
+
 def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_count: int = 1) -> None:
   """Raises ConfigError naming the field, its value and what is allowed, before any compute."""
+  for field, value in _leaves(config):
+    if isinstance(value, float) and not math.isfinite(value):
+      _fail(field, value, "must be a finite number")
   choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "dtype": DTYPES,
              "data.normalization": NORMALIZATIONS, "class_weights": CLASS_WEIGHTS,
              "eval.split": EVAL_SPLITS, "nonfinite": NONFINITE, "model": tuple(models.MODELS),
@@ -129,6 +152,11 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
       value = value[part]
     if value not in allowed:
       _fail(field, value, "one of " + ", ".join(allowed))
+  unknown = sorted(set(config.model_kwargs) - set(model_fields(config.model)))
+  if unknown:
+    raise ConfigError(
+        f"config.model_kwargs sets {', '.join(unknown)}, which model {config.model!r} does not take (it takes "
+        f"{', '.join(model_fields(config.model))}): start from a config written for {config.model!r}, or drop them.")
   for view in tta_views(config):
     if view not in TTA_VIEWS:
       _fail("eval.tta", config.eval.tta, "comma-separated views from " + ", ".join(TTA_VIEWS))

@@ -31,6 +31,8 @@ def test_shipped_configs_validate(path):
     ("batch_size", 0, "config.batch_size=0.*> 0"),
     ("batch_size", 30, "config.batch_size=30.*8 devices.*24"),
     ("label_smoothing", 1.5, "label_smoothing"),
+    ("learning_rate", float("inf"), "config.learning_rate=inf.*finite"),
+    ("weight_decay", float("nan"), "config.weight_decay=nan.*finite"),
 ])
 def test_bad_values_name_the_field(field, value, message):
   config = load(CONFIGS[0])
@@ -56,3 +58,33 @@ def test_unknown_field_is_rejected():
   with pytest.raises(AttributeError, match="rotation"):
     config.data.augment.rotation = 5.0
   config.model_kwargs.conv_features = (8,)  # free-form: depends on the model
+
+
+def test_non_finite_nested_and_tuple_values_are_refused():
+  config = load(CONFIGS[0])
+  config.data.augment.erasing_area = (0.02, float("inf"))
+  with pytest.raises(ValueError, match="config.data.augment.erasing_area=inf is not allowed: must be a finite"):
+    config_schema.validate(config, num_devices=1)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("model", ["cnn", "vgg", "resnet"])
+def test_every_model_on_every_config_runs_or_names_the_fields(path, model):
+  """--config.model=X on any config: valid, or one error naming the model_kwargs X does not take."""
+  config = load(path)
+  config.model = model
+  unknown = sorted(set(config.model_kwargs) - set(config_schema.model_fields(model)))
+  if not unknown:
+    config_schema.validate(config, num_devices=1)
+    import jax
+    import jax.numpy as jnp
+    from fer_jax import models
+    net = models.create_model(model, num_classes=7, dtype=jnp.float32, **config.model_kwargs.to_dict())
+    shapes = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 48, 48, 1)), train=False))
+    assert shapes["params"]
+    return
+  with pytest.raises(config_schema.ConfigError) as raised:
+    config_schema.validate(config, num_devices=1)
+  message = str(raised.value)
+  assert "\n" not in message and f"model {model!r} does not take" in message
+  assert all(field in message for field in unknown)

@@ -96,6 +96,9 @@ def run_cli(*args: str, devices: int = 1) -> subprocess.CompletedProcess:
     ("--config.batch_size=3", 2, "error: config.batch_size=3 is not allowed: must divide evenly over the 2 devices; "
                                  "use a multiple of 2, e.g. 2"),
     ("--config.nonfinite=ignore", 1, "error: config.nonfinite='ignore' is not allowed: one of stop, skip"),
+    ("--config.learning_rate=inf", 1, "error: config.learning_rate=inf is not allowed: must be a finite number"),
+    ("--config.model=vgg", 1, "error: config.model_kwargs sets conv_dropout, conv_features, dense_dropout, "
+                              "which model 'vgg' does not take (it takes stage_features"),
 ])
 def test_bad_config_is_one_error_line_before_any_compute(tmp_path, override, devices, message):
   workdir = tmp_path / "run"
@@ -104,6 +107,18 @@ def test_bad_config_is_one_error_line_before_any_compute(tmp_path, override, dev
   assert "Traceback" not in out.stderr
   assert out.stderr.strip().splitlines()[-1].startswith(message), out.stderr[-2000:]
   assert not workdir.exists()  # Nothing written, nothing computed.
+
+
+@pytest.mark.parametrize("field", ["train_split", "eval_split"])
+def test_missing_split_is_one_error_line_before_any_compute(tmp_path, synthetic_tiny_dir, field):
+  workdir = tmp_path / "run"
+  out = run_cli("--config", "configs/default.py", "--workdir", str(workdir), "--config.data.config=tiny",
+                f"--config.data.data_dir={synthetic_tiny_dir}", f"--config.data.{field}=nosuch")
+  assert out.returncode != 0 and "Traceback" not in out.stderr
+  assert out.stderr.strip().splitlines()[-1].startswith(
+      f"error: config.data.{field}='nosuch': that split of synthetic_faces in "), out.stderr[-2000:]
+  assert "does not exist; its splits are test (70), train (350), validation (70)" in out.stderr
+  assert not workdir.exists()
 
 
 def test_missing_dataset_names_the_folder_and_how_to_build(tmp_path):
