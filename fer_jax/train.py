@@ -41,13 +41,14 @@ class TrainMetrics(clu_metrics.Collection):
   accuracy: clu_metrics.Accuracy
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+def create_model(config: ml_collections.ConfigDict, num_classes: int, platform: str | None = None) -> nn.Module:
+  """The config's model, with the training convolutions that suit `platform` (default: this backend's)."""
   dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-  return models.create_model(config.model, num_classes=num_classes, dtype=dtype, conv=conv_function(config),
-                             **config.model_kwargs.to_dict())
+  return models.create_model(config.model, num_classes=num_classes, dtype=dtype,
+                             conv=conv_function(config, platform), **config.model_kwargs.to_dict())
 
 
-def conv_function(config: ml_collections.ConfigDict) -> Any:
+def conv_function(config: ml_collections.ConfigDict, platform: str | None = None) -> Any:
   """What the models' convolutions call when training; None is XLA's own.
 
   `auto` on CPU: oneDNN's kernels (onednn_conv.py) on a single device where the
@@ -57,16 +58,16 @@ def conv_function(config: ml_collections.ConfigDict) -> Any:
   Elsewhere (GPU, TPU): XLA's.
   """
   impl = config.get("conv_impl", "auto")  # Model cards written before the field existed lack it.
-  conv = _pick_conv(impl)
+  conv = _pick_conv(impl, platform or jax.default_backend())
   logging.info("Training convolutions (config.conv_impl=%s): %s", impl, "XLA's" if conv is None else conv.__module__)
   return conv
 
 
-def _pick_conv(impl: str) -> Any:
+def _pick_conv(impl: str, platform: str) -> Any:
   if impl == "onednn":
     onednn_conv.prepare()  # Raises an error that says what is missing.
     return onednn_conv.conv_general_dilated
-  if impl == "auto" and jax.default_backend() == "cpu":
+  if impl == "auto" and platform == "cpu":
     if jax.device_count() == 1:
       try:
         onednn_conv.prepare()
@@ -206,6 +207,18 @@ def balanced_class_weights(label_counts: np.ndarray) -> np.ndarray:
   return weights.astype(np.float32)
 
 
+def check_splits(config: ml_collections.ConfigDict, info: Any) -> None:
+  """ConfigError before any compute when the split to train on or to validate on is missing or empty."""
+  have = ", ".join(f"{k} ({n})" for k, n in sorted(info.num_examples.items())) or "none"
+  for field in ("train_split", "eval_split"):
+    split = config.data[field]
+    if info.num_examples.get(split, 0) <= 0:
+      state = "is empty" if split in info.num_examples else "does not exist"
+      raise config_schema.ConfigError(
+          f"config.data.{field}={split!r}: that split of {info.name} in {info.data_dir} {state}; its splits are "
+          f"{have}. Set --config.data.{field} to one of them, or rebuild the dataset with that split.")
+
+
 def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
   if config.smoke_test:
     return 6
@@ -254,6 +267,7 @@ class Trainer:
     self.mesh = parallel.create_mesh()
     distributed.ensure_built_once(config)  # process 0 builds, the others wait
     self.info = input_pipeline.dataset_info(config)
+    check_splits(config, self.info)
     self.steps_per_epoch = max(1, self.info.num_examples[config.data.train_split] // config.batch_size)
     self.total_steps = total_train_steps(config, self.steps_per_epoch)
     self.model = create_model(config, self.info.num_classes)
