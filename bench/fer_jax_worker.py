@@ -33,6 +33,18 @@ sys.path.insert(0, BENCH_DIR)
 sys.path.insert(0, os.path.dirname(BENCH_DIR))
 
 VARIANTS = ("plain", "+malloc", "+pool", "+im2col", "+dropout", "fer_jax")
+MODEL_NAMES = ("cnn", "vgg", "vgg_cpu")  # vgg_cpu: configs/fer2013_cpu.py's network
+
+
+def fer_jax_model(name: str) -> tuple[str, dict]:
+  """(config.model, config.model_kwargs) of a bench model name, as the configs set them."""
+  if name == "vgg_cpu":
+    from configs import fer2013_cpu  # pylint: disable=g-import-not-at-top
+    config = fer2013_cpu.get_config()
+    return config.model, config.model_kwargs.to_dict()
+  if name == "cnn":
+    return "cnn", dict(conv_features=(32, 64, 128), dense_features=(256, 128))
+  return name, {}
 
 
 def textbook_model(name: str, pool, conv=None):
@@ -50,32 +62,34 @@ def textbook_model(name: str, pool, conv=None):
         x = nn.Dropout(0.5, deterministic=not train)(nn.relu(nn.Dense(features)(x)))
       return nn.Dense(7)(x)
 
+  stages, dense = ((32, 64, 128, 256), (256,)) if name == "vgg_cpu" else ((64, 128, 256, 512), (1024, 1024))
+
   class VGG(nn.Module):
     @nn.compact
     def __call__(self, x, train=False):
-      for features in (64, 128, 256, 512):
+      for features in stages:
         for _ in range(2):
           x = nn.Conv(features, (3, 3), padding="SAME", use_bias=False, conv_general_dilated=conv)(x)
           x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
         x = pool(x)
       x = x.reshape((x.shape[0], -1))
-      for features in (1024, 1024):
+      for features in dense:
         x = nn.Dropout(0.5, deterministic=not train)(nn.relu(nn.Dense(features)(x)))
       return nn.Dense(7)(x)
 
-  return {"cnn": CNN, "vgg": VGG}[name]()
+  return CNN() if name == "cnn" else VGG()
 
 
-def build_model(name: str, variant: str):
+def build_model(name: str, variant: str, dtype: str = "float32"):
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   from fer_jax import config_schema, im2col_conv, pooling, train  # pylint: disable=g-import-not-at-top
   if variant in ("+dropout", "fer_jax"):
     config = config_schema.base_config()
-    config.model = name
+    config.model, kwargs = fer_jax_model(name)
     config.conv_impl = "im2col" if variant == "+dropout" else "auto"
-    if name == "cnn":
-      config.model_kwargs = ml_collections.ConfigDict(dict(conv_features=(32, 64, 128), dense_features=(256, 128)))
+    config.model_kwargs = ml_collections.ConfigDict(kwargs)
+    config.dtype = dtype
     return train.create_model(config, num_classes=7)
   ladder = VARIANTS.index(variant)
   pool = pooling.max_pool_2x2 if ladder >= VARIANTS.index("+pool") else (
@@ -86,10 +100,14 @@ def build_model(name: str, variant: str):
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--model", choices=("cnn", "vgg"), default="cnn")
+  parser.add_argument("--model", choices=MODEL_NAMES, default="cnn")
   parser.add_argument("--task", choices=("train", "infer"), default="train")
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--variant", choices=VARIANTS, default="fer_jax")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="compute dtype (fer_jax and +dropout variants; parameters stay float32)")
+  parser.add_argument("--flops", action="store_true",
+                      help="print {\"flops_per_step\": ...} (XLA's cost analysis of the train step) and exit")
   parser.add_argument("--input", choices=("memory", "pipeline"), default="memory")
   parser.add_argument("--data_dir", default="/tmp/fer_jax_bench", help="--input pipeline: the bench dataset")
   parser.add_argument("--workers", type=int, default=1, help="--input pipeline: grain worker processes")
@@ -105,7 +123,7 @@ def main() -> None:
   import worker_protocol  # pylint: disable=g-import-not-at-top
   from fer_jax import train  # pylint: disable=g-import-not-at-top
 
-  model = build_model(args.model, args.variant)
+  model = build_model(args.model, args.variant, args.dtype)
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.random((args.batch, 48, 48, 1), np.float32))  # on the device already
   labels = jnp.asarray(rng.integers(0, 7, args.batch), jnp.int32)
@@ -120,6 +138,12 @@ def main() -> None:
 
   step = jax.jit(functools.partial(train.train_step, base_key=jax.random.key(0), label_smoothing=0.0,
                                    class_weights=None), donate_argnums=0)
+  if args.flops:  # For model FLOPs utilisation: XLA's count for one step, convolutions as XLA's own
+    import json  # pylint: disable=g-import-not-at-top
+    cost = step.lower(state, {"image": images, "label": labels}).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    print(json.dumps({"flops_per_step": float(cost["flops"]), "batch": args.batch}), flush=True)
+    return
   if args.input == "pipeline":
     import input_pipeline as bench_pipeline  # pylint: disable=g-import-not-at-top  (bench/input_pipeline.py)
     from fer_jax import input_pipeline  # pylint: disable=g-import-not-at-top

@@ -38,8 +38,9 @@ import worker_protocol  # noqa: E402
 
 def contenders(args: argparse.Namespace, task: str) -> list[tuple[str, list[str]]]:
   """(name, command) per worker; fer_jax variants first, then the peers."""
-  common = ["--model", args.model, "--task", task, "--batch", str(args.batch)]
-  fer = [sys.executable, os.path.join(BENCH_DIR, "fer_jax_worker.py"), *common]
+  dtype, device = getattr(args, "dtype", "float32"), getattr(args, "device", "cpu")  # bench/inference.py: defaults
+  common = ["--model", args.model, "--task", task, "--batch", str(args.batch)]  # Keras: float32 on the CPU only
+  fer = [sys.executable, os.path.join(BENCH_DIR, "fer_jax_worker.py"), *common, "--dtype", dtype]
   out = [(f"fer_jax {v}" if v != "fer_jax" else "fer_jax", fer + ["--variant", v]) for v in args.variants.split(",")]
   if getattr(args, "end_to_end", False):
     # The trainer's own input: grain pipeline with augmentation, in the training process (data.num_workers=0).
@@ -47,13 +48,14 @@ def contenders(args: argparse.Namespace, task: str) -> list[tuple[str, list[str]
   peer = [args.peer_python]
   torch_worker = os.path.join(BENCH_DIR, "peers", "torch_worker.py")
   keras_worker = os.path.join(BENCH_DIR, "peers", "keras_worker.py")
-  if "torch" in args.peers:
-    out.append(("pytorch eager", peer + [torch_worker, *common]))
-  if "torch_compile" in args.peers:
-    out.append(("pytorch compile", peer + [torch_worker, *common, "--compile"]))
-  if "keras" in args.peers:
+  torch_common = [*common, "--dtype", dtype, "--device", device]
+  if "torch" in args.peers.split(","):
+    out.append(("pytorch eager", peer + [torch_worker, *torch_common]))
+  if "torch_compile" in args.peers.split(","):
+    out.append(("pytorch compile", peer + [torch_worker, *torch_common, "--compile"]))
+  if "keras" in args.peers.split(","):
     out.append(("keras/tf", peer + [keras_worker, *common]))
-  if "keras_xla" in args.peers:
+  if "keras_xla" in args.peers.split(","):
     out.append(("keras/tf xla", peer + [keras_worker, *common, "--jit_compile"]))
   return out
 
@@ -93,8 +95,13 @@ def print_table(title: str, results: dict, unit: str, reference: str, extra: dic
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--model", choices=("cnn", "vgg"), default="cnn")
+  parser.add_argument("--model", choices=("cnn", "vgg", "vgg_cpu"), default="cnn",
+                      help="vgg_cpu: configs/fer2013_cpu.py's network (train it at --batch 128)")
   parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="compute dtype of fer_jax and PyTorch (autocast); Keras stays float32")
+  parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                      help="PyTorch's device; fer_jax uses JAX's default backend (a GPU where there is one)")
   parser.add_argument("--steps", type=int, default=20, help="timed steps per turn")
   parser.add_argument("--rounds", type=int, default=7, help="turns per contender; the median is reported")
   parser.add_argument("--variants", default="plain,+malloc,+pool,+im2col,+dropout,fer_jax",
@@ -108,7 +115,8 @@ def main() -> None:
   args = parser.parse_args()
 
   print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; {versions(args.peer_python)}")
-  print(f"model {args.model}, batch {args.batch}, Adam 1e-3; median of {args.rounds} turns of {args.steps} steps")
+  print(f"model {args.model}, batch {args.batch}, {args.dtype}, Adam 1e-3; median of {args.rounds} turns of "
+        f"{args.steps} steps")
   workers = start_workers(contenders(args, "train"), args.batch)
   try:
     results = worker_protocol.interleaved_medians(workers, args.rounds, args.steps)

@@ -23,6 +23,7 @@ from fer_jax import models
 
 BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
+import fer_jax_worker  # noqa: E402
 import worker_protocol  # noqa: E402
 
 PEER_PYTHON = os.environ.get("FER_JAX_PEER_PYTHON", sys.executable)
@@ -41,13 +42,14 @@ def _require(peer: str) -> None:
 
 
 def _fer_jax_params(name: str) -> int:
-  model = models.create_model(name, num_classes=7, dtype=jnp.float32)
+  model_name, kwargs = fer_jax_worker.fer_jax_model(name)
+  model = models.create_model(model_name, num_classes=7, dtype=jnp.float32, **kwargs)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 1))))
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes["params"]))
 
 
 @pytest.mark.parametrize("peer", sorted(WORKERS))
-@pytest.mark.parametrize("model", ["cnn", "vgg"])
+@pytest.mark.parametrize("model", fer_jax_worker.MODEL_NAMES)
 def test_describe_matches_fer_jax(peer, model):
   _require(peer)
   result = subprocess.run([PEER_PYTHON, str(WORKERS[peer]), "--model", model, "--batch", "2", "--describe"],

@@ -56,23 +56,29 @@ def cnn() -> keras.Model:
   return keras.Sequential(layers, name="cnn")
 
 
-def vgg() -> keras.Model:
+def vgg(stages: tuple[int, ...] = (64, 128, 256, 512), dense: tuple[int, ...] = (1024, 1024),
+        name: str = "vgg") -> keras.Model:
   """fer_jax.models.VGG: 4 stages of 2 x (conv 3x3 no bias + BN + ReLU) + 2x2 max-pool, dense 1024/1024."""
   layers = [keras.Input(IMAGE_SHAPE)]
-  for features in (64, 128, 256, 512):
+  for features in stages:
     for _ in range(2):
       # Keras's momentum is flax's (weight of the old average); epsilon set to flax's 1e-5 (Keras: 1e-3).
       layers += [keras.layers.Conv2D(features, 3, padding="same", use_bias=False),
                  keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5), keras.layers.ReLU()]
     layers.append(keras.layers.MaxPooling2D(2))
   layers.append(keras.layers.Flatten())
-  for features in (1024, 1024):
+  for features in dense:
     layers += [keras.layers.Dense(features, activation="relu"), keras.layers.Dropout(0.5)]
   layers.append(keras.layers.Dense(NUM_CLASSES))
-  return keras.Sequential(layers, name="vgg")
+  return keras.Sequential(layers, name=name)
 
 
-MODELS = {"cnn": cnn, "vgg": vgg}
+def vgg_cpu() -> keras.Model:
+  """configs/fer2013_cpu.py's model: the VGG at half width (32-256) with one 256-unit dense layer."""
+  return vgg((32, 64, 128, 256), (256,), name="vgg_cpu")
+
+
+MODELS = {"cnn": cnn, "vgg": vgg, "vgg_cpu": vgg_cpu}
 
 
 def main(argv: list[str] | None = None) -> None:

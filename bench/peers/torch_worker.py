@@ -52,10 +52,10 @@ def cnn() -> nn.Module:
   return nn.Sequential(*layers)
 
 
-def vgg() -> nn.Module:
+def vgg(stages: tuple[int, ...] = (64, 128, 256, 512), dense: tuple[int, ...] = (1024, 1024)) -> nn.Module:
   """fer_jax.models.VGG: 4 stages of 2 x (conv 3x3 no bias + BN + ReLU) + 2x2 max-pool, dense 1024/1024."""
   layers, channels = [], IMAGE_SHAPE[0]
-  for features in (64, 128, 256, 512):
+  for features in stages:
     for _ in range(2):
       # flax BatchNorm(momentum=0.9) keeps 0.9 of the old average: torch's momentum=0.1; both eps 1e-5.
       layers += [nn.Conv2d(channels, features, 3, padding=1, bias=False),
@@ -64,14 +64,19 @@ def vgg() -> nn.Module:
     layers.append(nn.MaxPool2d(2))
   layers.append(nn.Flatten())
   width = channels * (IMAGE_SHAPE[1] // 16) * (IMAGE_SHAPE[2] // 16)
-  for features in (1024, 1024):
+  for features in dense:
     layers += [nn.Linear(width, features), nn.ReLU(), nn.Dropout(0.5)]
     width = features
   layers.append(nn.Linear(width, NUM_CLASSES))
   return nn.Sequential(*layers)
 
 
-MODELS = {"cnn": cnn, "vgg": vgg}
+def vgg_cpu() -> nn.Module:
+  """configs/fer2013_cpu.py's model: the VGG at half width (32-256) with one 256-unit dense layer."""
+  return vgg((32, 64, 128, 256), (256,))
+
+
+MODELS = {"cnn": cnn, "vgg": vgg, "vgg_cpu": vgg_cpu}
 
 
 def main(argv: list[str] | None = None) -> None:
