@@ -7,6 +7,7 @@ touches ~/tensorflow_datasets; the real-data test reads ../shared/data/expw_samp
 from __future__ import annotations
 
 import collections
+import hashlib
 import os
 import pathlib
 from typing import Any
@@ -314,3 +315,20 @@ def test_real_expw_sample(real_data, tmp_path):
   for name, by_split in fractions.items():
     assert sum(report["label_split_counts"][name].values()) >= 150
     assert 0.7 < by_split["train"] < 0.9 and 0.04 < by_split["validation"] < 0.16, (name, by_split)
+
+
+def test_image_names_that_are_not_utf8_match_their_files_as_bytes(tmp_path):
+  """label.lst names are bytes on disk: a Latin-1 name finds its file and gets a readable, stable id."""
+  latin1 = b"caf\xe9_scene.jpg"  # not UTF-8
+  root = tmp_path / "manual"
+  (root / "origin").mkdir(parents=True)
+  (root / "origin" / os.fsdecode(latin1)).write_bytes(_jpeg(_scene(1)))
+  (root / "origin" / TRAIN).write_bytes(_jpeg(_scene(2)))
+  (root / "label.lst").write_bytes(latin1 + b" 0 10 10 40 40 90.5 3\n" + TRAIN.encode() + b" 0 10 10 40 40 90.5 2\n")
+  builder = _build(root, tmp_path)
+  report = builder.info.metadata["build_report"]
+  assert report["skipped_total"] == 0, report["skipped"]
+  ids = sorted(e["id"].decode() for split in _examples(builder).values() for e in split)
+  assert ids == ["caf\\xe9_scene.jpg/0", f"{TRAIN}/0"]
+  assert crop.split_bucket(os.fsdecode(latin1)) == int.from_bytes(
+      hashlib.sha256(latin1).digest()[:8], "big") % 100

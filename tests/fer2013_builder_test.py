@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pathlib
 import tarfile
 
@@ -374,3 +375,26 @@ def test_real_csv_sample(real_data, tmp_path):
   builder = _build(real_data / "fer2013_csv_sample", tmp_path)
   assert _splits(builder) == {"train": 2400, "validation": 600}
   assert builder.info.metadata["build_report"]["skipped_total"] == 0
+
+
+def test_unreadable_folder_entries_are_skipped_and_counted(tmp_path, monkeypatch):
+  """A self-referential symlink and a class folder that cannot be listed: skipped by reason, the rest built."""
+  root = tmp_path / "manual"
+  _save(root / "train" / "happy" / "Training_1.png", _pixels(1), fmt="PNG")
+  _save(root / "train" / "sad" / "Training_2.png", _pixels(2), fmt="PNG")
+  _save(root / "test" / "happy" / "PublicTest_1.png", _pixels(3), fmt="PNG")
+  os.symlink("x.jpg", root / "train" / "happy" / "x.jpg")  # x.jpg -> x.jpg: "Too many levels of symbolic links"
+  os.symlink("loop", root / "train" / "loop")
+  locked = str(root / "train" / "sad")
+  real_scandir = os.scandir
+
+  def scandir(path="."):
+    if os.fspath(path) == locked:  # chmod 000 does not stop root: refuse the listing as the kernel would
+      raise PermissionError(13, "Permission denied", locked)
+    return real_scandir(path)
+
+  monkeypatch.setattr(os, "scandir", scandir)
+  builder = _build(root, tmp_path)
+  assert _splits(builder) == {"train": 1, "validation": 1}
+  report = builder.info.metadata["build_report"]
+  assert report["skipped"] == {"unreadable_entry": 2, "unreadable_folder": 1}

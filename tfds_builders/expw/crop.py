@@ -46,9 +46,15 @@ IMAGE_SKIP_REASONS: tuple[str, ...] = (MISSING_IMAGE, UNREADABLE_IMAGE, TRUNCATE
 Box = tuple[int, int, int, int]  # top, left, right, bottom, as in label.lst
 
 
+def printable(name: str) -> str:
+  """A file name read with errors='surrogateescape', with its non-UTF-8 bytes as \\xNN (valid text)."""
+  return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def split_bucket(image_name: str) -> int:
   """0..99 from the first 8 bytes (big-endian) of sha256(UTF-8 image name): same on every machine."""
-  return int.from_bytes(hashlib.sha256(image_name.encode("utf-8")).digest()[:8], "big") % 100
+  # surrogateescape: a name that is not UTF-8 hashes as the bytes it has on disk (label.lst is read that way).
+  return int.from_bytes(hashlib.sha256(image_name.encode("utf-8", "surrogateescape")).digest()[:8], "big") % 100
 
 
 def split_for_image(image_name: str) -> str:
@@ -73,8 +79,8 @@ class Face:
 
   @property
   def key(self) -> str:
-    """Stable unique example id `<image_name>/<face_id>`."""
-    return f"{self.image_name}/{self.face_id}"
+    """Stable unique example id `<image_name>/<face_id>` (bytes that are not UTF-8 written as \\xNN)."""
+    return f"{printable(self.image_name)}/{self.face_id}"
 
 
 class SkipLog:
@@ -94,7 +100,7 @@ class SkipLog:
   def skip_image(self, reason: str, faces: Sequence[Face], detail: str) -> None:
     self.images[reason] += 1
     for face in faces:
-      self.skip(reason, face.line_no, f"{face.image_name}: {detail}")
+      self.skip(reason, face.line_no, f"{printable(face.image_name)}: {detail}")
 
 
 def _number(text: str) -> float:

@@ -208,7 +208,8 @@ class Expw(tfds.core.GeneratorBasedBuilder):
     cfg = self.builder_config
     state = _BuildState(cfg, label_path, image_dir, manual_dir)
 
-    with open(label_path, encoding="utf-8", errors="replace") as f:
+    # surrogateescape: a name that is not UTF-8 keeps its bytes, so it matches the file os.listdir finds.
+    with open(label_path, encoding="utf-8", errors="surrogateescape") as f:
       faces, state.line_stats = crop.parse_label_lines(f, state.skips, cfg.min_confidence)
     by_image: dict[str, list[crop.Face]] = {}
     for face in faces:

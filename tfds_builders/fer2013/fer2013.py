@@ -194,10 +194,18 @@ def _sorted_entries(path: str) -> list[os.DirEntry]:
     return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
 
 
+def _is_dir(entry: os.DirEntry) -> bool | None:
+  """Whether the entry is a folder (links followed); None when that cannot be known (a symlink loop)."""
+  try:
+    return entry.is_dir()
+  except OSError:
+    return None
+
+
 def _split_dirs(root: str) -> dict[str, os.DirEntry]:
   """Maps 'train'/'test' to those sub-folders of root (any case)."""
   return {e.name.lower(): e for e in _sorted_entries(root)
-          if e.is_dir() and e.name.lower() in ("train", "test")}
+          if _is_dir(e) and e.name.lower() in ("train", "test")}
 
 
 def read_folders(root: str, out: _Collected) -> list[str]:
@@ -212,14 +220,24 @@ def read_folders(root: str, out: _Collected) -> list[str]:
   for folder_key, folder in sorted(_split_dirs(root).items(), key=lambda kv: kv[0] != "train"):
     candidates = []  # (id, label, path)
     for entry in _sorted_entries(folder.path):
-      if not entry.is_dir():
-        out.skip("not_in_class_folder", f"{folder.name}/{entry.name}")
+      kind = _is_dir(entry)
+      if not kind:
+        out.skip("not_in_class_folder" if kind is False else "unreadable_entry", f"{folder.name}/{entry.name}")
         continue
       label = EMOTIONS.index(entry.name.lower()) if entry.name.lower() in EMOTIONS else None
-      for file in _sorted_entries(entry.path):
-        if file.is_dir():
-          continue  # nested folders are not part of any known layout
+      try:
+        files = _sorted_entries(entry.path)
+      except OSError:  # no permission to list it
+        out.skip("unreadable_folder", f"{folder.name}/{entry.name}")
+        continue
+      for file in files:
         example_id = f"{folder.name}/{entry.name}/{file.name}"
+        kind = _is_dir(file)
+        if kind is None:  # a symlink loop, say: unreadable, whatever its name
+          out.skip("unreadable_entry", example_id)
+          continue
+        if kind:
+          continue  # nested folders are not part of any known layout
         if label is None:
           out.skip("unknown_class_folder", example_id)
         elif not file.name.lower().endswith(IMAGE_EXTENSIONS):
@@ -253,7 +271,7 @@ def read_folders(root: str, out: _Collected) -> list[str]:
 
 
 def _has_class_folders(split_dir: str) -> bool:
-  return any(e.is_dir() and e.name.lower() in EMOTIONS for e in _sorted_entries(split_dir))
+  return any(_is_dir(e) and e.name.lower() in EMOTIONS for e in _sorted_entries(split_dir))
 
 
 def find_sources(manual_dir: str) -> list[tuple[str, str]]:
@@ -262,7 +280,7 @@ def find_sources(manual_dir: str) -> list[tuple[str, str]]:
   Preference: fer2013.csv, then fer2013.tar.gz (the same CSV, slower to read),
   then image folders.
   """
-  roots = [manual_dir] + [e.path for e in _sorted_entries(manual_dir) if e.is_dir()]
+  roots = [manual_dir] + [e.path for e in _sorted_entries(manual_dir) if _is_dir(e)]
   found = {"csv": [], "tar_gz": [], "image_folders": []}
   for root in roots:
     if os.path.isfile(os.path.join(root, CSV_NAME)):
