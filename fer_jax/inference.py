@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fer_jax import checkpoint_checksums
+
 MODEL_CARD = "model.json"  # fer_jax.train.MODEL_CARD (not imported: that pulls in the input pipeline)
 TTA_CHOICES = ("none", "flip", "ten_crop")
 
@@ -316,26 +318,21 @@ def _shapes_mismatch(expected: Any, stored: Any) -> list[str]:
   return problems
 
 
-def load(workdir: str | None = None, *, checkpoint: str | None = None, step: int | None = None,
-         model_card: str | None = None, margin: float | None = None, dtype: str | None = None) -> LoadedModel:
-  """Rebuilds the model from model.json and restores a checkpoint's params (and batch stats).
+def model_from_card(card: dict[str, Any], card_path: str, *, margin: float | None = None,
+                    dtype: str | None = None) -> tuple[Any, Preprocessing, dict[str, Any]]:
+  """(flax model, preprocessing, abstract inference variables) that model.json `card` describes.
 
-  workdir: the training workdir (latest finished step, or `step`); or
-  checkpoint: one step directory WORKDIR/checkpoints/<step> (model.json is read
-  from WORKDIR unless `model_card` says where). `dtype` overrides the config's
-  compute dtype (e.g. float32 for a bfloat16-trained model on a CPU).
-  Raises ModelLoadError with what to do when anything does not fit.
+  The abstract variables ({"params": ..., "batch_stats": ...} as ShapeDtypeStructs on
+  one device) are what a checkpoint or a bundled parameter file must fill.
   """
   import ml_collections
-  import orbax.checkpoint as ocp
 
   from fer_jax import train
 
-  step_dir, step, card_path = resolve_checkpoint(workdir, checkpoint, step, model_card)
-  card = read_model_card(card_path)
   config = ml_collections.ConfigDict(_tuples(card["config"]))
   if dtype is not None:
     config.dtype = dtype
+  config.conv_impl = "xla"  # Inference uses XLA's own convolutions: no oneDNN handlers to build.
   prep = Preprocessing.from_card(card, margin)
   try:
     model = train.create_model(config, int(card["num_classes"]))
@@ -346,25 +343,51 @@ def load(workdir: str | None = None, *, checkpoint: str | None = None, step: int
   abstract = {k: v for k, v in abstract.items() if k in ("params", "batch_stats") and v}
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
+  return model, prep, abstract
 
+
+def load(workdir: str | None = None, *, checkpoint: str | None = None, step: int | None = None,
+         model_card: str | None = None, margin: float | None = None, dtype: str | None = None) -> LoadedModel:
+  """Rebuilds the model from model.json and restores a checkpoint's params (and batch stats).
+
+  workdir: the training workdir (latest finished step, or `step`); or
+  checkpoint: one step directory WORKDIR/checkpoints/<step> (model.json is read
+  from WORKDIR unless `model_card` says where). `dtype` overrides the config's
+  compute dtype (e.g. float32 for a bfloat16-trained model on a CPU).
+  Raises ModelLoadError with what to do when anything does not fit.
+  """
+  import orbax.checkpoint as ocp
+
+  step_dir, step, card_path = resolve_checkpoint(workdir, checkpoint, step, model_card)
+  card = read_model_card(card_path)
+  model, prep, abstract = model_from_card(card, card_path, margin=margin, dtype=dtype)
+  config = card["config"]
+
+  try:
+    checkpoint_checksums.verify(step_dir)
+  except checkpoint_checksums.DamagedCheckpointError as e:
+    raise ModelLoadError(f"checkpoint {step_dir} is damaged: {e}. Use another step (--step N) or retrain.") from None
   state_dir = os.path.join(step_dir, "state")
   checkpointer = ocp.PyTreeCheckpointer()
   try:
     stored = checkpointer.metadata(state_dir).item_metadata.tree
   except Exception as e:  # orbax raises several types for a damaged or foreign directory
-    raise ModelLoadError(f"{state_dir} is not a readable orbax checkpoint ({type(e).__name__}: {e}).") from e
+    raise ModelLoadError(
+        f"{state_dir} is not a readable orbax checkpoint ({checkpoint_checksums.describe(e)}).") from e
   problems = _shapes_mismatch(abstract, {k: stored.get(k, {}) for k in abstract})
   if problems:
     listed = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
     raise ModelLoadError(
         f"checkpoint {step_dir} does not match the model that {card_path} describes "
-        f"(model={config.model}, model_kwargs={dict(config.model_kwargs)}, input {list(prep.input_shape)}): "
+        f"(model={config.get('model')}, model_kwargs={config.get('model_kwargs')}, input {list(prep.input_shape)}): "
         f"{listed}. Use the model.json of the run that wrote this checkpoint (--model_card).")
   try:
     restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
         item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract), partial_restore=True))
   except Exception as e:
-    raise ModelLoadError(f"cannot restore {state_dir} ({type(e).__name__}: {e}).") from e
+    raise ModelLoadError(f"cannot restore {state_dir} ({checkpoint_checksums.describe(e)}).") from e
   variables = {k: restored[k] for k in abstract}
+  if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(variables)):
+    raise ModelLoadError(f"checkpoint {step_dir} holds NaN or Inf parameters (damaged, or saved from a diverged "
+                         "run): use another step (--step N).")
   return LoadedModel(model=model, variables=variables, prep=prep, card=card, checkpoint=step_dir, step=step)
-

@@ -1,5 +1,6 @@
 """Command line: the facial expression of every face in images, folders and videos.
 
+    python -m fer_jax.predict photo.jpg                 # the model bundled with fer_jax (docs/MODEL_CARD.md)
     python -m fer_jax.predict --workdir runs/fer2013_cnn photo.jpg holiday/ clip.mp4 > faces.csv
     python -m fer_jax.predict --checkpoint runs/fer2013_cnn/checkpoints/9000 --format jsonl crops/ --no-detect
     python -m fer_jax.predict --exported model.fer --annotate annotated/ clip.mp4 --output faces.csv
@@ -9,25 +10,27 @@ frame), the box x, y, w, h, the label and one probability column per class;
 inputs that fail get a row with `error` set (and a line on stderr), and the
 rest go on. Exit status: 0 when at least one input was read, 1 when none could
 be (missing, unreadable, empty folders), 2 when the model, the checkpoint or
-the face detector cannot be loaded, or the arguments are wrong.
+the face detector cannot be loaded, the arguments are wrong or an output
+destination is not writable, 3 when writing an output failed midway (a full
+disk): then no partial output file is left (fer_jax/predict_output.py).
 See docs/PREDICTION.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import json
+import math
 import os
 import sys
 import time
-from typing import Any, Callable, Iterator, TextIO
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
 
-from fer_jax import face_detection, inference
+from fer_jax import face_detection, inference, pretrained
+from fer_jax.predict_output import AnnotatedVideo, OutputError, RowWriter, check_writable, draw, write_image
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm",
                               ".ppm", ".pbm", ".pnm", ".jp2"})
@@ -47,53 +50,6 @@ class Row:
   label: str | None = None
   probabilities: np.ndarray | None = None
   error: str | None = None
-
-
-class RowWriter:
-  """CSV (header + flat columns) or JSON lines (nested box and probabilities), flushed per input."""
-
-  def __init__(self, out: TextIO, fmt: str, class_names: tuple[str, ...]):
-    self.out, self.fmt, self.class_names = out, fmt, class_names
-    if fmt == "csv":
-      self._csv = csv.writer(out, lineterminator="\n")
-      self._csv.writerow(["file", "frame", "face", "x", "y", "w", "h", "label", *class_names, "error"])
-
-  def write(self, row: Row) -> None:
-    probs = None if row.probabilities is None else [round(float(p), 6) for p in row.probabilities]
-    if self.fmt == "csv":
-      box = list(row.box) if row.box is not None else [""] * 4
-      self._csv.writerow([row.file, _blank(row.frame), _blank(row.face), *box, _blank(row.label),
-                          *(probs if probs is not None else [""] * len(self.class_names)), _blank(row.error)])
-    else:
-      self.out.write(json.dumps({
-          "file": row.file, "frame": row.frame, "face": row.face,
-          "box": list(row.box) if row.box is not None else None, "label": row.label,
-          "probabilities": dict(zip(self.class_names, probs)) if probs is not None else None,
-          "error": row.error}) + "\n")
-
-  def flush(self) -> None:
-    self.out.flush()
-
-
-def _blank(value: Any) -> Any:
-  return "" if value is None else value
-
-
-def draw(image: np.ndarray, boxes: list[Box], probs: np.ndarray, class_names: tuple[str, ...]) -> np.ndarray:
-  """A BGR copy of `image` with each box and its label and probability drawn on it."""
-  canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
-  thickness = max(1, round(max(canvas.shape[:2]) / 400))
-  for (x, y, w, h), p in zip(boxes, probs):
-    k = int(np.argmax(p))
-    cv2.rectangle(canvas, (x, y), (x + w - 1, y + h - 1), (0, 255, 0), thickness)
-    text = f"{class_names[k]} {p[k]:.2f}"
-    scale = max(0.35, w / 250)
-    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-    top = y - th - base - 2 if y - th - base - 2 >= 0 else y + h
-    cv2.rectangle(canvas, (x, top), (x + tw + 2, top + th + base + 2), (0, 255, 0), -1)
-    cv2.putText(canvas, text, (x + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness,
-                cv2.LINE_AA)
-  return canvas
 
 
 class Predictor:
@@ -134,10 +90,7 @@ class Predictor:
       return [Row(name, error=error)]
     boxes, probs = self.frame(image, self.image_detector)
     if annotate_to:
-      try:
-        _write_image(annotate_to, draw(image, boxes, probs, self.prep.class_names))
-      except (OSError, cv2.error) as e:
-        print(f"predict: {name}: cannot write the annotated copy {annotate_to}: {e}", file=sys.stderr)
+      write_image(annotate_to, draw(image, boxes, probs, self.prep.class_names))
     if not boxes:
       return [Row(name, frame=0, error=NO_FACE)]
     return self.rows(name, 0, boxes, probs)
@@ -153,15 +106,12 @@ class Predictor:
       return
     writer = None
     if annotate_to:
-      fps = capture.get(cv2.CAP_PROP_FPS)
-      os.makedirs(os.path.dirname(annotate_to) or ".", exist_ok=True)
-      writer = cv2.VideoWriter(annotate_to, cv2.VideoWriter_fourcc(*"mp4v"), fps if fps > 0 else 25.0,
-                               (image.shape[1], image.shape[0]))
-      if not writer.isOpened():
-        print(f"predict: {name}: cannot write the annotated video {annotate_to} (no mp4v encoder?)",
-              file=sys.stderr)
-        writer = None
-    index, with_faces = 0, 0
+      try:
+        writer = AnnotatedVideo(annotate_to, capture.get(cv2.CAP_PROP_FPS), (image.shape[1], image.shape[0]))
+      except OutputError:
+        capture.release()
+        raise
+    index, with_faces, finished = 0, 0, False
     try:
       while ok:
         boxes, probs = self.frame(image)
@@ -171,10 +121,11 @@ class Predictor:
         yield from self.rows(name, index, boxes, probs)
         index += 1
         ok, image = capture.read()
+      finished = True
     finally:
       capture.release()
       if writer is not None:
-        writer.release()
+        writer.close(commit=finished)
     if not with_faces:
       yield Row(name, error=f"{NO_FACE} in any of the {index} frames")
 
@@ -192,19 +143,6 @@ def read_image(path: str) -> tuple[np.ndarray | None, str]:
   if image is None or image.size == 0:
     return None, f"not a decodable image ({data.size} bytes)"
   return image, ""
-
-
-def _write_image(path: str, image: np.ndarray) -> None:
-  """Writes in the input's format, or PNG (name + .png) when OpenCV cannot encode that format."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  try:
-    ok, data = cv2.imencode(os.path.splitext(path)[1] or ".png", image)
-  except cv2.error:
-    ok = False
-  if not ok:
-    ok, data = cv2.imencode(".png", image)
-    path += ".png"
-  data.tofile(path)
 
 
 @dataclasses.dataclass
@@ -252,8 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="python -m fer_jax.predict", description=__doc__.split("\n\n")[0],
       formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog="Exit status: 0 some input read; 1 no input could be read; 2 model, detector or arguments.")
-  src = p.add_argument_group("model (one of)")
+      epilog="Exit status: 0 some input read; 1 no input could be read; 2 model, detector, arguments or an "
+             "unwritable destination; 3 an output write failed midway (no partial file is left).")
+  src = p.add_argument_group("model (at most one; default: the bundled fer2013_cpu model)")
+  src.add_argument("--pretrained", metavar="NAME", help="a model bundled with fer_jax (fer_jax/weights/NAME)")
   src.add_argument("--workdir", help="training workdir: WORKDIR/model.json and the latest checkpoint (or --step)")
   src.add_argument("--checkpoint", help="one step directory, WORKDIR/checkpoints/<step>")
   src.add_argument("--exported", help="an artifact of python -m fer_jax.export (no flax needed)")
@@ -286,8 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_classifier(args: argparse.Namespace) -> inference.FaceClassifier:
   """The FaceClassifier the arguments name; ModelLoadError when it cannot be loaded."""
-  if sum(x is not None for x in (args.workdir, args.checkpoint, args.exported)) != 1:
-    raise inference.ModelLoadError("give exactly one of --workdir, --checkpoint or --exported.")
+  sources = sum(x is not None for x in (args.pretrained, args.workdir, args.checkpoint, args.exported))
+  if sources > 1:
+    raise inference.ModelLoadError("give at most one of --pretrained, --workdir, --checkpoint or --exported.")
+  if sources == 0 or args.pretrained is not None:
+    if args.step is not None or args.model_card:
+      raise inference.ModelLoadError("--step and --model_card apply to --workdir and --checkpoint only.")
+    loaded = pretrained.load(args.pretrained or pretrained.DEFAULT, margin=args.margin, dtype=args.dtype)
+    return loaded.classifier(batch_size=args.batch_size, tta=args.tta)
   if args.exported is not None:
     if args.dtype or args.step is not None or args.model_card:
       raise inference.ModelLoadError("--dtype, --step and --model_card do not apply to --exported artifacts.")
@@ -304,11 +250,26 @@ def _quiet_libraries() -> None:
   logging.getLogger("absl").setLevel(logging.ERROR)
 
 
+def check_options(args: argparse.Namespace) -> None:
+  """ValueError naming the option, before any model or detector is loaded."""
+  if args.margin is not None and not (math.isfinite(args.margin) and 0 <= args.margin <= 2):
+    raise ValueError(f"--margin {args.margin} must be a fraction of the box side in [0, 2].")
+  if args.batch_size < 1 or args.batch_size & (args.batch_size - 1):
+    raise ValueError(f"--batch_size {args.batch_size} must be a power of two (1, 2, 4, ... 32, 64).")
+  if args.min_neighbors < 0:
+    raise ValueError(f"--min_neighbors {args.min_neighbors} must be >= 0.")
+
+
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   _quiet_libraries()
   say = lambda message: print(f"predict: {message}", file=sys.stderr, flush=True)
   try:
+    check_options(args)
+    if args.output:
+      check_writable(args.output, "--output")
+    if args.annotate:
+      check_writable(args.annotate, "--annotate", folder=True)
     detectors = [None, None] if args.no_detect else [
         face_detection.HaarFaceDetector(
             args.cascade, min_face=args.min_face, min_neighbors=args.min_neighbors,
@@ -316,16 +277,15 @@ def main(argv: list[str] | None = None) -> int:
             scale_factor=args.scale_factor or preset["scale_factor"])
         for preset in (face_detection.VIDEO, face_detection.IMAGE)]
     classifier = load_classifier(args)
-  except (inference.ModelLoadError, face_detection.DetectorUnavailableError, ValueError) as e:
+  except (inference.ModelLoadError, face_detection.DetectorUnavailableError, OutputError, ValueError) as e:
     say(f"error: {e}")
     return 2
   predictor = Predictor(classifier, *detectors)
   try:
-    out = open(args.output, "w", newline="") if args.output else sys.stdout
-  except OSError as e:
-    say(f"error: cannot write --output {args.output}: {e.strerror or e}")
+    writer = RowWriter(args.output, args.format, classifier.class_names)
+  except OutputError as e:
+    say(f"error: {e}")
     return 2
-  writer = RowWriter(out, args.format, classifier.class_names)
   start = time.perf_counter()
   read = faces = errors = 0
   try:
@@ -348,9 +308,14 @@ def main(argv: list[str] | None = None) -> int:
       counts = _emit(writer, rows, say)
       faces, errors = faces + counts[0], errors + counts[1]
       writer.flush()
-  finally:
-    if out is not sys.stdout:
-      out.close()
+    writer.close(commit=True)
+  except OutputError as e:
+    writer.close(commit=False)
+    say(f"error: {e}; stopped, and no partial file was left.")
+    return 3
+  except BaseException:
+    writer.close(commit=False)
+    raise
   say(f"{faces} face(s) from {read} input(s) read, {errors} error row(s), in {time.perf_counter() - start:.1f} s.")
   if not read:
     say("error: no input could be read.")

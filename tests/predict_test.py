@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -12,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fer_jax import face_detection, inference, predict
+from fer_jax import face_detection, inference, predict, predict_output
 from train_test import tiny_config
 
 HAAR = face_detection.haar_available()
@@ -278,7 +279,7 @@ def test_bad_checkpoints_exit_2_with_a_message(workdir, folder, tmp_path, capsys
       "available steps: 4, 8": ["--workdir", workdir, "--step", "5"],
       "no finished checkpoint": ["--workdir", str(tmp_path)],
       "is not a checkpoint step directory": ["--checkpoint", f"{workdir}/checkpoints"],
-      "exactly one of": ["--workdir", workdir, "--checkpoint", f"{workdir}/checkpoints/8"],
+      "at most one of": ["--workdir", workdir, "--checkpoint", f"{workdir}/checkpoints/8"],
   }
   (tmp_path / "checkpoints").mkdir()
   for message, args in cases.items():
@@ -332,3 +333,91 @@ def test_real_fer2013_images(real_data, loaded):
       found += len(boxes) == 1 and iou(boxes[0], (PASTE[0], PASTE[1], PASTE[2], PASTE[2])) > 0.5
   if detector is not None:
     assert found >= 0.6 * len(paths), f"the cascade found {found} of {len(paths)} real faces"
+
+
+@pytest.mark.parametrize("option,message", [
+    (["--margin", "-5"], "--margin -5.0 must be a fraction of the box side in [0, 2]"),
+    (["--margin", "nan"], "--margin nan must be"),
+    (["--batch_size", "12"], "--batch_size 12 must be a power of two"),
+    (["--min_neighbors", "-1"], "--min_neighbors -1 must be >= 0"),
+    (["--scale_factor", "1.0"], "scale_factor=1.0 must be > 1"),
+])
+def test_bad_option_values_are_one_error_line(workdir, folder, tmp_path, capsys, option, message):
+  out = tmp_path / "rows.csv"
+  code, err = run(["--workdir", workdir, *option, str(folder / "face.png"), "-o", str(out)], capsys)
+  lines = err.strip().splitlines()
+  assert code == 2 and len(lines) == 1 and lines[0].startswith(f"predict: error: {message}"), err
+  assert not out.exists()
+
+
+def _no_space(*args, **kwargs):
+  raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_unwritable_destinations_fail_at_start_in_one_line(workdir, folder, tmp_path, capsys):
+  (tmp_path / "file.txt").write_text("a file, not a folder")
+  for option in ("--output", "--annotate"):
+    target = str(tmp_path / "file.txt" / "inside")
+    code, err = run(["--workdir", workdir, str(folder / "face.png"), "--no-detect", option, target], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"predict: error: cannot write {option} {target}: ")
+
+
+def test_output_on_a_full_disk_exits_3_and_leaves_no_partial_file(workdir, folder, tmp_path, capsys, monkeypatch):
+  class FullAfterHeader:  # the csv writer of a disk that fills up after the header line
+    def __init__(self, *args, **kwargs):
+      self.rows = 0
+
+    def writerow(self, row):
+      self.rows += 1
+      if self.rows > 1:
+        _no_space()
+
+  monkeypatch.setattr(predict_output.csv, "writer", FullAfterHeader)
+  out = tmp_path / "out" / "rows.csv"
+  code, err = run(["--workdir", workdir, str(folder / "face.png"), "--no-detect", "-o", str(out)], capsys)
+  assert code == 3 and err.strip().splitlines() == [
+      f"predict: error: cannot write --output {out}: No space left on device; stopped, and no partial file was left."]
+  assert os.listdir(out.parent) == []
+
+
+def test_annotate_on_a_full_disk_exits_3_and_leaves_no_partial_file(workdir, folder, tmp_path, capsys, monkeypatch):
+  real_open = open
+
+  class HalfWritten:  # files of a disk that fills up after the start-up check
+    def __new__(cls, path, mode):
+      return real_open(path, mode) if "fer_jax_probe" in str(path) else super().__new__(cls)
+
+    def __init__(self, path, mode):
+      self.f = real_open(path, mode)
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      self.f.close()
+
+    def write(self, data):
+      self.f.write(data[:len(data) // 2])
+      _no_space()
+
+  monkeypatch.setattr(predict_output, "open", HalfWritten, raising=False)
+  annotated = tmp_path / "annotated"
+  code, err = run(["--workdir", workdir, str(folder / "face.png"), "--no-detect", "--annotate", str(annotated)],
+                  capsys)
+  assert code == 3 and err.strip().splitlines() == [
+      f"predict: error: cannot write the annotated copy {annotated / 'face.png'}: No space left on device; "
+      "stopped, and no partial file was left."]
+  assert [p for p in annotated.rglob("*") if p.is_file()] == []
+
+
+def test_an_annotated_video_that_does_not_read_back_is_removed(workdir, tmp_path, capsys, monkeypatch):
+  video = tmp_path / "clip.mp4"
+  write_video(video, frames=4)
+  # Frames counted but lost on the way to the file, as on a full disk (OpenCV reports no write errors).
+  monkeypatch.setattr(predict_output.AnnotatedVideo, "write", lambda self, frame: setattr(self, "frames",
+                                                                                            self.frames + 1))
+  annotated = tmp_path / "annotated"
+  code, err = run(["--workdir", workdir, str(video), "--no-detect", "--annotate", str(annotated)], capsys)
+  assert code == 3 and "cannot write the annotated video" in err and "0 of 4 frames came out" in err
+  assert [p for p in annotated.rglob("*") if p.is_file()] == []

@@ -1,0 +1,202 @@
+"""What predict writes: result rows (CSV or JSON lines) and annotated copies, never half a file.
+
+Each file is written under a temporary name beside its target (`.NAME.partial-PID`)
+and renamed into place when complete. A write that fails (a full disk, a
+read-only folder) removes the temporary file and raises OutputError, which
+predict turns into one error line and exit status 3. `check_writable` finds an
+unwritable destination at start-up, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from typing import Any, TextIO
+
+import cv2
+import numpy as np
+
+Box = tuple[int, int, int, int]
+
+
+class OutputError(Exception):
+  """An output file could not be written; the message names it and why."""
+
+
+def _partial(path: str) -> str:
+  folder, name = os.path.split(os.path.abspath(path))
+  stem, ext = os.path.splitext(name)
+  return os.path.join(folder, f".{stem}.partial-{os.getpid()}{ext}")  # same extension: OpenCV picks by it
+
+
+def _why(error: BaseException) -> str:
+  return getattr(error, "strerror", None) or str(error) or type(error).__name__
+
+
+def _remove(path: str) -> None:
+  try:
+    os.remove(path)
+  except OSError:
+    pass
+
+
+def check_writable(path: str, what: str, *, folder: bool = False) -> None:
+  """OutputError now when `path` (a file, or with `folder` a directory) could not be written later."""
+  target_dir = path if folder else (os.path.dirname(os.path.abspath(path)) or ".")
+  probe = os.path.join(target_dir, f".fer_jax_probe-{os.getpid()}")
+  try:
+    os.makedirs(target_dir, exist_ok=True)
+    with open(probe, "wb") as f:
+      f.write(b"\0" * 4096)
+      f.flush()
+      os.fsync(f.fileno())
+  except OSError as e:
+    _remove(probe)
+    raise OutputError(f"cannot write {what} {path}: {_why(e)}") from None
+  _remove(probe)
+
+
+class RowWriter:
+  """CSV (header + flat columns) or JSON lines (nested box and probabilities), to stdout or a file.
+
+  A file appears under its name only when `close(commit=True)` is called.
+  """
+
+  def __init__(self, path: str | None, fmt: str, class_names: tuple[str, ...]):
+    self.path, self.fmt, self.class_names = path, fmt, class_names
+    self._tmp = None if path is None else _partial(path)
+    try:
+      self.out: TextIO = sys.stdout if path is None else open(self._tmp, "w", newline="")
+    except OSError as e:
+      raise OutputError(f"cannot write --output {path}: {_why(e)}") from None
+    if fmt == "csv":
+      self._csv = csv.writer(self.out, lineterminator="\n")
+      self._guard(lambda: self._csv.writerow(["file", "frame", "face", "x", "y", "w", "h", "label", *class_names,
+                                              "error"]))
+
+  def _guard(self, write: Any) -> None:
+    try:
+      write()
+    except OSError as e:
+      self.close(commit=False)
+      raise OutputError(f"cannot write --output {self.path or 'stdout'}: {_why(e)}") from None
+
+  def write(self, row: Any) -> None:
+    probs = None if row.probabilities is None else [round(float(p), 6) for p in row.probabilities]
+    if self.fmt == "csv":
+      box = list(row.box) if row.box is not None else [""] * 4
+      values = [row.file, _blank(row.frame), _blank(row.face), *box, _blank(row.label),
+                *(probs if probs is not None else [""] * len(self.class_names)), _blank(row.error)]
+      self._guard(lambda: self._csv.writerow(values))
+    else:
+      line = json.dumps({
+          "file": row.file, "frame": row.frame, "face": row.face,
+          "box": list(row.box) if row.box is not None else None, "label": row.label,
+          "probabilities": dict(zip(self.class_names, probs)) if probs is not None else None,
+          "error": row.error}) + "\n"
+      self._guard(lambda: self.out.write(line))
+
+  def flush(self) -> None:
+    self._guard(self.out.flush)
+
+  def close(self, *, commit: bool) -> None:
+    """Closes the file; with `commit`, renames it into place (OutputError when that fails), else removes it."""
+    if self._tmp is None or self.out.closed:
+      return
+    try:
+      self.out.close()
+      if commit:
+        os.replace(self._tmp, self.path)
+        return
+    except OSError as e:
+      _remove(self._tmp)
+      raise OutputError(f"cannot write --output {self.path}: {_why(e)}") from None
+    _remove(self._tmp)
+
+
+def _blank(value: Any) -> Any:
+  return "" if value is None else value
+
+
+def draw(image: np.ndarray, boxes: list[Box], probs: np.ndarray, class_names: tuple[str, ...]) -> np.ndarray:
+  """A BGR copy of `image` with each box and its label and probability drawn on it."""
+  canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
+  thickness = max(1, round(max(canvas.shape[:2]) / 400))
+  for (x, y, w, h), p in zip(boxes, probs):
+    k = int(np.argmax(p))
+    cv2.rectangle(canvas, (x, y), (x + w - 1, y + h - 1), (0, 255, 0), thickness)
+    text = f"{class_names[k]} {p[k]:.2f}"
+    scale = max(0.35, w / 250)
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    top = y - th - base - 2 if y - th - base - 2 >= 0 else y + h
+    cv2.rectangle(canvas, (x, top), (x + tw + 2, top + th + base + 2), (0, 255, 0), -1)
+    cv2.putText(canvas, text, (x + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness,
+                cv2.LINE_AA)
+  return canvas
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  """`data` to `path` through a temporary file; OutputError (and nothing left behind) when it fails."""
+  tmp = _partial(path)
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(tmp, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except OSError as e:
+    _remove(tmp)
+    raise OutputError(f"cannot write the annotated copy {path}: {_why(e)}") from None
+
+
+def write_image(path: str, image: np.ndarray) -> str:
+  """Writes in the input's format, or PNG (name + .png) when OpenCV cannot encode that format; returns the path."""
+  try:
+    ok, data = cv2.imencode(os.path.splitext(path)[1] or ".png", image)
+  except cv2.error:
+    ok = False
+  if not ok:
+    ok, data = cv2.imencode(".png", image)
+    path += ".png"
+  write_bytes(path, data.tobytes())
+  return path
+
+
+class AnnotatedVideo:
+  """An mp4 (mp4v) of annotated frames, renamed into place only when every frame reads back."""
+
+  def __init__(self, path: str, fps: float, size: tuple[int, int]):
+    self.path, self._tmp, self.frames = path, _partial(path), 0
+    try:
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    except OSError as e:
+      raise OutputError(f"cannot write the annotated video {path}: {_why(e)}") from None
+    self._writer = cv2.VideoWriter(self._tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps if fps > 0 else 25.0, size)
+    if not self._writer.isOpened():
+      _remove(self._tmp)
+      raise OutputError(f"cannot write the annotated video {path} (no mp4v encoder in this OpenCV, or the "
+                        "folder is not writable)")
+
+  def write(self, frame: np.ndarray) -> None:
+    self._writer.write(frame)
+    self.frames += 1
+
+  def close(self, *, commit: bool = True) -> None:
+    """Finishes the file; OpenCV reports no write errors, so the frame count is read back before the rename."""
+    self._writer.release()
+    if not commit:
+      _remove(self._tmp)
+      return
+    capture = cv2.VideoCapture(self._tmp)
+    written = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+    capture.release()
+    if written != self.frames:
+      _remove(self._tmp)
+      raise OutputError(f"cannot write the annotated video {self.path}: {written} of {self.frames} frames "
+                        "came out (is the disk full?)")
+    try:
+      os.replace(self._tmp, self.path)
+    except OSError as e:
+      _remove(self._tmp)
+      raise OutputError(f"cannot write the annotated video {self.path}: {_why(e)}") from None
