@@ -10,22 +10,37 @@ a writable manager deletes the temporary directories a killed run left behind.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
+import time
 from typing import Any
 
 import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
+from fer_jax import checkpoint_checksums
+
 VAL_ACCURACY = "val_accuracy"
+DamagedCheckpointError = checkpoint_checksums.DamagedCheckpointError
 
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def step_dir(workdir: str, step: int) -> str:
+  return os.path.join(checkpoint_dir(workdir), str(step))
+
+
+def damaged_dir(workdir: str) -> str:
+  """Where the trainer moves damaged steps, out of orbax's way (a new save may reuse their step number)."""
+  return os.path.join(os.path.abspath(workdir), "damaged_checkpoints")
 
 
 def create_manager(workdir: str, config: ml_collections.ConfigDict | None = None, *,
@@ -40,8 +55,11 @@ def create_manager(workdir: str, config: ml_collections.ConfigDict | None = None
                                   keep_checkpoints_without_metrics=False),
     ])
     # A save cut short by a kill leaves <step>.orbax-checkpoint-tmp-*; never listed as a step, removed here.
+    # Right after each step is finalized, process 0 writes its checksums (checkpoint_checksums.py).
+    seal = (lambda: checkpoint_checksums.seal_finalized(checkpoint_dir(workdir))) if jax.process_index() == 0 else None
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=True,
-                                           cleanup_tmp_directories=True)
+                                           cleanup_tmp_directories=True,
+                                           async_options=ocp.AsyncOptions(post_finalization_callback=seal))
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
@@ -64,6 +82,57 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
   if data_iterator is not None:
     items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
   return manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+
+def verify(workdir: str, step: int) -> None:
+  """Raises DamagedCheckpointError when step's files do not match their checksums; warns when it has none."""
+  seconds = checkpoint_checksums.verify(step_dir(workdir, step))
+  if seconds is None:
+    logging.warning("Checkpoint step %d in %s has no checksums (saved before fer_jax wrote them, or its run "
+                    "stopped right after saving it): read without verification.", step, checkpoint_dir(workdir))
+  else:
+    logging.info("Checkpoint step %d verified against its checksums in %.3f s.", step, seconds)
+
+
+def restore_newest_intact(manager: ocp.CheckpointManager, workdir: str, abstract_state: Any,
+                          data_iterator: grain.DatasetIterator | None = None) -> tuple[Any, int] | None:
+  """(state, step) of the newest step that verifies and restores; None when there is no step.
+
+  A damaged step is named in a warning and moved to WORKDIR/damaged_checkpoints
+  (process 0), never used; when every step is damaged, DamagedCheckpointError.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  problems = []
+  for step in steps:
+    try:
+      verify(workdir, step)
+      start = time.perf_counter()
+      state = restore(manager, step, abstract_state, data_iterator)
+      logging.info("Restored checkpoint step %d in %.2f s.", step, time.perf_counter() - start)
+    except Exception as e:  # pylint: disable=broad-except  (orbax raises many types for a damaged step)
+      reason = checkpoint_checksums.describe(e)
+      problems.append(f"step {step}: {reason}")
+      logging.warning("Checkpoint step %d in %s is damaged (%s): not used; it goes to %s.", step,
+                      checkpoint_dir(workdir), reason, damaged_dir(workdir))
+      _set_aside(workdir, step)
+      continue
+    if problems:
+      manager.reload()
+      logging.warning("Resumed from step %d, the newest intact checkpoint (damaged: %s).", step, "; ".join(problems))
+    return state, step
+  if problems:
+    raise DamagedCheckpointError(
+        f"Every checkpoint in {checkpoint_dir(workdir)} is damaged ({'; '.join(problems)}); they were moved to "
+        f"{damaged_dir(workdir)}. Rerun to start afresh, or restore a good copy of the workdir.")
+  return None
+
+
+def _set_aside(workdir: str, step: int) -> None:
+  if jax.process_index() != 0:
+    return
+  os.makedirs(damaged_dir(workdir), exist_ok=True)
+  target = os.path.join(damaged_dir(workdir), f"{step}.{time.strftime('%Y%m%dT%H%M%S')}")
+  os.replace(step_dir(workdir, step), target)
 
 
 class WorkdirError(OSError):
@@ -97,10 +166,43 @@ def check_workdir(workdir: str, checkpoint_bytes: int, keep: int) -> None:
     raise WorkdirError(f"The workdir {workdir} is not writable ({e.strerror or e}): checkpoints could not be "
                        "saved. Use a --workdir on a writable filesystem, or fix its permissions.") from None
   needed = int(checkpoint_bytes * (keep + 1) * 1.1)
-  free = shutil.disk_usage(workdir).free
+  # Temporary directories of a save cut short (by a full disk, say) are deleted when the manager opens.
+  free = shutil.disk_usage(workdir).free + _tmp_step_bytes(checkpoint_dir(workdir))
   if free < needed:
     raise WorkdirError(
         f"The workdir {workdir} has {free / 2**20:.1f} MiB free, but {keep + 1} checkpoints of "
         f"{checkpoint_bytes / 2**20:.1f} MiB (keep_checkpoints + keep_best_checkpoints + the one being written) "
         f"need about {needed / 2**20:.1f} MiB. Free some space, use another --workdir, or lower "
         "config.keep_checkpoints / config.keep_best_checkpoints.")
+
+
+def _tmp_step_bytes(root: str) -> int:
+  """Bytes held by <step>.orbax-checkpoint-tmp-* directories under WORKDIR/checkpoints."""
+  total = 0
+  if os.path.isdir(root):
+    for name in os.listdir(root):
+      if ".orbax-checkpoint-tmp" in name:
+        for folder, _, files in os.walk(os.path.join(root, name)):
+          total += sum(os.path.getsize(os.path.join(folder, f)) for f in files)
+  return total
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """Whether `error` or one it came from is ENOSPC (orbax and tensorstore may wrap it, or only say it)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "No space left on device" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def disk_full_error(workdir: str, checkpoint_bytes: int, keep: int) -> WorkdirError:
+  """The one-line error for a disk that filled up during training."""
+  needed = int(checkpoint_bytes * (keep + 1) * 1.1)
+  return WorkdirError(
+      f"The disk holding {os.path.abspath(workdir)} filled up while training (checkpoint saves, or event files): "
+      f"{shutil.disk_usage(workdir).free / 2**20:.1f} MiB are free, and {keep + 1} checkpoints of "
+      f"{checkpoint_bytes / 2**20:.1f} MiB need about {needed / 2**20:.1f} MiB. Free some space, then run the same "
+      "command again to resume from the last finalized checkpoint.")

@@ -5,7 +5,9 @@ only exposes finalized steps (a save in progress lives in a temporary
 directory), so a partial checkpoint is never read. Each evaluated step gets
 WORKDIR/eval/<split>/step_<N>/{metrics.json,confusion_matrix.png} and
 TensorBoard events in WORKDIR/eval/<split>; the steps done are recorded in
-evaluated.json there, so a restarted job never scores a step twice. The job
+evaluated.json there, so a restarted job never scores a step twice. A step
+whose files fail their checksums (checkpoint_checksums.py) or cannot be
+restored is recorded there as unreadable, with the reason, and skipped. The job
 exits after the final training step or after `eval.idle_timeout_s` without a
 new checkpoint.
 """
@@ -22,25 +24,28 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fer_jax import checkpointing, config_schema, evaluation, input_pipeline, tensorboard_writer, train
-from fer_jax import distributed
+from fer_jax import checkpoint_checksums, checkpointing, config_schema, distributed, evaluation, input_pipeline
+from fer_jax import tensorboard_writer, train
 
 
 def eval_dir(workdir: str, split: str) -> str:
   return os.path.join(os.path.abspath(workdir), "eval", split)
 
 
-def _load_done(path: str) -> set[int]:
+def _load_done(path: str) -> tuple[set[int], dict[int, str]]:
+  """(steps scored, {step: why it could not be read}) recorded in evaluated.json."""
   if not os.path.exists(path):
-    return set()
+    return set(), {}
   with open(path) as f:
-    return set(json.load(f)["evaluated_steps"])
+    record = json.load(f)
+  return set(record["evaluated_steps"]), {int(k): v for k, v in record.get("unreadable_steps", {}).items()}
 
 
-def _save_done(path: str, done: set[int]) -> None:
+def _save_done(path: str, done: set[int], unreadable: dict[int, str]) -> None:
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump({"evaluated_steps": sorted(done)}, f)
+    json.dump({"evaluated_steps": sorted(done),
+               "unreadable_steps": {str(k): v for k, v in sorted(unreadable.items())}}, f, indent=1)
   os.replace(tmp, path)
 
 
@@ -78,7 +83,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, idle_timeout_s: floa
   out_dir = eval_dir(workdir, evaluator.split)
   os.makedirs(out_dir, exist_ok=True)
   done_path = os.path.join(out_dir, "evaluated.json")
-  done = _load_done(done_path)
+  done, unreadable = _load_done(done_path)
   writer = tensorboard_writer.create_writer(out_dir, just_logging=jax.process_index() > 0)
   evaluated: list[int] = []
   last_progress = time.monotonic()
@@ -89,13 +94,23 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, idle_timeout_s: floa
     steps = []
     if manager is not None:
       manager.reload()
-      steps = sorted(s for s in manager.all_steps() if s not in done)
+      steps = sorted(s for s in manager.all_steps() if s not in done and s not in unreadable)
     steps = distributed.from_process_0(steps)  # Every process scores the same steps (process 0's view).
     for step in steps:
       try:
+        checkpointing.verify(workdir, step)
         report = evaluator.evaluate(manager, step)
-      except (FileNotFoundError, ValueError) as e:  # Deleted by the trainer's retention policy meanwhile.
-        logging.warning("Skipping checkpoint %d: it could not be read (%s).", step, e)
+      except Exception as e:  # pylint: disable=broad-except  (orbax raises many types for a damaged step)
+        if not os.path.isdir(checkpointing.step_dir(workdir, step)):  # Deleted by the trainer's retention policy.
+          logging.warning("Skipping checkpoint %d: it was deleted before it could be read.", step)
+          continue
+        reason = checkpoint_checksums.describe(e)
+        logging.warning("Checkpoint step %d is damaged (%s): recorded as unreadable in %s; going on.", step,
+                        reason, done_path)
+        unreadable[step] = reason
+        if jax.process_index() == 0:
+          _save_done(done_path, done, unreadable)
+        last_progress = time.monotonic()
         continue
       scalars = {}
       for view in evaluator.views:
@@ -119,9 +134,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, idle_timeout_s: floa
       done.add(step)
       evaluated.append(step)
       if jax.process_index() == 0:
-        _save_done(done_path, done)
+        _save_done(done_path, done, unreadable)
       last_progress = time.monotonic()
-    if final_step in done:
+    if final_step in done or final_step in unreadable:
       break
     if distributed.from_process_0(time.monotonic() - last_progress > idle_timeout_s):
       logging.info("No new checkpoint in %.0f s; the evaluation job stops.", idle_timeout_s)

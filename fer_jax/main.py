@@ -32,7 +32,7 @@ def main(argv):
   try:
     run(argv)
   except (config_schema.ConfigError, input_pipeline.DatasetNotBuiltError, checkpointing.WorkdirError,
-          train.NonFiniteError) as e:
+          checkpointing.DamagedCheckpointError, train.NonFiniteError) as e:
     # What the user fixes (command line, config, data, disk): the message, not a traceback.
     raise SystemExit(f"error: {e}") from None
 

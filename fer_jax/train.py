@@ -26,8 +26,8 @@ from absl import logging
 from clu import metrics as clu_metrics
 from flax.training import train_state
 
-from fer_jax import checkpointing, config_schema, evaluation, input_pipeline, models, optimizers, parallel
-from fer_jax import distributed, im2col_conv, onednn_conv, tensorboard_writer
+from fer_jax import checkpoint_checksums, checkpointing, config_schema, distributed, evaluation, im2col_conv
+from fer_jax import input_pipeline, models, onednn_conv, optimizers, parallel, tensorboard_writer, workdir_guard
 
 
 class TrainState(train_state.TrainState):
@@ -288,6 +288,7 @@ class Trainer:
         in_shardings=(self.replicated, parallel.data_sharding(self.mesh)),
         out_shardings=(self.replicated, self.replicated, self.replicated), donate_argnums=0)
     self.preempted_at_step: int | None = None  # Set by train() when it stopped on SIGTERM.
+    self.restored_step: int | None = None  # The checkpoint step train() resumed from.
     self.evaluator = evaluation.Evaluator(self.model.apply, self.mesh, num_classes=self.info.num_classes,
                                           crop_size=config.data.augment.crop_size)
 
@@ -315,6 +316,12 @@ class Trainer:
     flags = jax.device_get([f for _, f in pending])
     bad = [s for (s, _), ok in zip(pending, flags) if not ok]
     pending.clear()
+    if bad and self.restored_step is not None and bad[0] == self.restored_step + 1:
+      raise NonFiniteError(
+          f"Step {bad[0]}, the first after restoring checkpoint step {self.restored_step}: the loss or a gradient "
+          f"is NaN or Inf, so that checkpoint may be damaged. Move "
+          f"{checkpointing.step_dir(self.workdir, self.restored_step)} aside to resume from an older step, or "
+          "check the input data.")
     if bad and self.config.nonfinite == "stop":
       manager.wait_until_finished()
       latest = manager.latest_step()
@@ -331,10 +338,10 @@ class Trainer:
   def _restore_or_init(self, manager: Any, train_iter: Any, writer: Any) -> TrainState:
     """The latest checkpoint's state (the iterator moved to its position), or a fresh one."""
     config = self.config
-    latest = manager.latest_step()
-    if latest is not None:
-      state = checkpointing.restore(manager, latest, self.abstract_state, train_iter)
-      logging.info("Resumed from %s at step %d.", checkpointing.checkpoint_dir(self.workdir), latest)
+    restored = checkpointing.restore_newest_intact(manager, self.workdir, self.abstract_state, train_iter)
+    if restored is not None:
+      state, self.restored_step = restored
+      logging.info("Resumed from %s at step %d.", checkpointing.checkpoint_dir(self.workdir), self.restored_step)
       return state
     state = self._init_state()
     writer.write_hparams(config.to_dict())
@@ -347,18 +354,36 @@ class Trainer:
   def train(self) -> dict[str, float]:
     """Trains to `total_steps`, resuming from the latest checkpoint in the workdir; returns last metrics.
 
-    On SIGTERM it finishes the current step, saves a checkpoint at that step
-    and returns early with `self.preempted_at_step` set.
+    Before anything is written: the workdir's recorded setup must match this
+    config, it must be writable with room for the checkpoints, and no other
+    trainer may hold it (workdir_guard.py). On SIGTERM it finishes the current
+    step, saves a checkpoint at that step and returns early with
+    `self.preempted_at_step` set.
     """
     config, workdir = self.config, self.workdir
+    setup = workdir_guard.setup_of(config, image_shape=self.info.image_shape, process_count=jax.process_count())
+    workdir_guard.check_setup(workdir, setup)
     checkpointing.check_workdir(workdir, checkpointing.state_bytes(self.abstract_state),
                                 config.keep_checkpoints + config.keep_best_checkpoints)
+    with workdir_guard.TrainerLock(workdir, enabled=jax.process_index() == 0):
+      if jax.process_index() == 0:
+        workdir_guard.record_setup(workdir, setup)
+      try:
+        return self._train_locked()
+      except Exception as e:  # pylint: disable=broad-except
+        if checkpointing.is_disk_full(e):
+          raise checkpointing.disk_full_error(workdir, checkpointing.state_bytes(self.abstract_state),
+                                              config.keep_checkpoints + config.keep_best_checkpoints) from None
+        raise
+
+  def _train_locked(self) -> dict[str, float]:
+    config, workdir = self.config, self.workdir
     writer = tensorboard_writer.create_writer(workdir, just_logging=jax.process_index() > 0)
-    write_model_card(config, workdir, self.info)
     manager = checkpointing.create_manager(workdir, config)
     train_iter = iter(input_pipeline.create_train_dataset(
         config, process_index=jax.process_index(), process_count=jax.process_count()))
     state = self._restore_or_init(manager, train_iter, writer)
+    write_model_card(config, workdir, self.info)  # Only once the state was built or restored.
     step = int(jax.device_get(state.step))
 
     last: dict[str, float] = {}
@@ -410,6 +435,8 @@ class Trainer:
             break
     finally:
       manager.wait_until_finished()  # A save already started (of a checked, finite state) completes.
+      if jax.process_index() == 0:  # Normally done right after each save finalizes; this catches the last.
+        checkpoint_checksums.seal_finalized(checkpointing.checkpoint_dir(workdir))
       manager.close()
       writer.flush()
       writer.close()

@@ -189,7 +189,7 @@ def test_eval_job_killed_between_report_and_record_is_harmless(tmp_path, synthet
   (out / "evaluated.json").write_text(json.dumps({"evaluated_steps": [2]}))
   assert eval_job.run(config, workdir) == [4]  # Scored again, same result, recorded once.
   assert (out / "step_4" / "metrics.json").read_text() == report
-  assert json.loads((out / "evaluated.json").read_text()) == {"evaluated_steps": [2, 4]}
+  assert json.loads((out / "evaluated.json").read_text()) == {"evaluated_steps": [2, 4], "unreadable_steps": {}}
   assert not list(out.rglob("*.tmp"))
 
 

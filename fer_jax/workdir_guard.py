@@ -1,0 +1,161 @@
+"""What a training workdir promises: one trainer at a time, and one setup for its whole life.
+
+* `TrainerLock`: WORKDIR/trainer.lock, an exclusive `fcntl.flock` held by the
+  training process (process 0 of a multi-process run) for as long as it
+  trains, with the holder (host, pid, since) written inside. A second trainer
+  on the same workdir stops at start-up with one line naming the holder. The
+  kernel drops the lock when its process dies, however it dies, so a lock
+  left by a killed trainer is taken over (with a warning naming it). The
+  evaluation job never takes it: it reads finalized checkpoints beside the trainer.
+* `check_setup`: WORKDIR/setup.json records the fields the saved state and the
+  data order depend on (model, model_kwargs, image shape, dataset and its
+  config, batch size, seed, process count, optimizer). A rerun that changes any
+  of them is refused before anything is written, naming each field with its
+  old and new value; other fields (epochs, cadences, evaluation settings) may
+  change between runs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import os
+import socket
+from typing import Any
+
+from absl import logging
+
+from fer_jax.checkpointing import WorkdirError
+
+LOCK_FILE = "trainer.lock"
+SETUP_FILE = "setup.json"
+# Dotted config fields that the checkpoints' shapes or the data order depend on.
+SETUP_FIELDS = ("model", "model_kwargs", "data.name", "data.config", "data.augment.crop_size", "batch_size", "seed",
+                "optimizer")
+
+
+class TrainerLock:
+  """Context manager: holds WORKDIR/trainer.lock, or raises WorkdirError naming the trainer that does."""
+
+  def __init__(self, workdir: str, *, enabled: bool = True):
+    self.path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
+    self.enabled = enabled
+    self._fd: int | None = None
+
+  def __enter__(self) -> "TrainerLock":
+    if not self.enabled:
+      return self
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = _describe(_read_holder(fd))
+      os.close(fd)
+      raise WorkdirError(f"{os.path.dirname(self.path)} is in use by another trainer ({holder}): stop it first, "
+                         "or train in another --workdir.") from None
+    except OSError as e:  # A file system without flock (some network mounts): train, but say what is lost.
+      os.close(fd)
+      logging.warning("Cannot lock %s (%s): nothing stops a second trainer on this workdir.", self.path,
+                      e.strerror or e)
+      return self
+    previous = _read_holder(fd)
+    if previous:
+      logging.warning("Taking over %s: the trainer that held it (%s) ended without releasing it.", self.path,
+                      _describe(previous))
+    me = {"host": socket.gethostname(), "pid": os.getpid(),
+          "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(me).encode(), 0)
+    os.fsync(fd)
+    self._fd = fd
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    if self._fd is not None:
+      os.ftruncate(self._fd, 0)  # Empty: released cleanly (a killed holder leaves its name for the warning).
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+  try:
+    return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+  except ValueError:
+    return {}
+
+
+def _describe(holder: dict[str, Any]) -> str:
+  if not holder:
+    return "holder unknown"
+  return f"pid {holder.get('pid')} on host {holder.get('host')}, since {holder.get('since')}"
+
+
+def _setup_fields(config: Any) -> dict[str, Any]:
+  """SETUP_FIELDS of a ConfigDict or of its JSON dict, flattened to dotted names (model_kwargs.x, ...)."""
+  flat: dict[str, Any] = {}
+
+  def add(name: str, value: Any) -> None:
+    if hasattr(value, "items"):
+      for key, item in value.items():
+        add(f"{name}.{key}", item)
+    elif value is not None:
+      flat[name] = value
+
+  for field in SETUP_FIELDS:
+    value = config
+    for part in field.split("."):
+      value = value.get(part) if hasattr(value, "get") else None
+    add(field, value)
+  return json.loads(json.dumps(flat))  # tuples -> lists, as they come back from the file
+
+
+def setup_of(config: Any, *, image_shape: tuple[int, ...], process_count: int) -> dict[str, Any]:
+  """What this run's checkpoints and data order depend on: SETUP_FIELDS, input shape, process count."""
+  return {**_setup_fields(config), "image_shape": list(image_shape), "process_count": process_count}
+
+
+def _recorded_setup(workdir: str) -> tuple[dict[str, Any] | None, str]:
+  """(setup, file it came from): setup.json, else the config in model.json of a workdir older than setup.json."""
+  path = os.path.join(workdir, SETUP_FILE)
+  card = os.path.join(workdir, "model.json")  # fer_jax.train.MODEL_CARD
+  for source in (path, card):
+    if not os.path.exists(source):
+      continue
+    try:
+      with open(source) as f:
+        stored = json.load(f)
+    except (OSError, ValueError) as e:
+      raise WorkdirError(f"{source} is not readable JSON ({e}); restore it, or train in a new --workdir.") from None
+    return (_setup_fields(stored.get("config") or {}) if source == card else stored), source
+  return None, path
+
+
+def check_setup(workdir: str, setup: dict[str, Any]) -> None:
+  """Raises WorkdirError naming every field whose value differs from what the workdir recorded."""
+  workdir = os.path.abspath(workdir)
+  stored, source = _recorded_setup(workdir)
+  if stored is None:
+    return
+  # Compared: what was recorded, and every model keyword argument (one added or dropped counts too).
+  fields = sorted(set(stored) | {k for k in setup if k.startswith("model_kwargs.")})
+  unset = "(unset)"
+  changed = [f"{k}: {stored.get(k, unset)!r} -> {setup.get(k, unset)!r}" for k in fields
+             if stored.get(k, unset) != setup.get(k, unset)]
+  if changed:
+    raise WorkdirError(
+        f"{workdir} was trained with another setup, which its checkpoints and data order depend on "
+        f"({'; '.join(changed)}): rerun with the values recorded in {source}, or train in a new --workdir.")
+
+
+def record_setup(workdir: str, setup: dict[str, Any]) -> None:
+  """Writes WORKDIR/setup.json (atomically) unless it is there."""
+  path = os.path.join(os.path.abspath(workdir), SETUP_FILE)
+  if os.path.exists(path):
+    return
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(setup, f, indent=2)
+  os.replace(tmp, path)

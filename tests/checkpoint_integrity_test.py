@@ -1,0 +1,186 @@
+"""A damaged checkpoint step is named and never used: by predict, by the evaluation job, by a resumed trainer.
+
+The four damages a user met (issue 15, cases 1-4): two bytes flipped inside
+the largest array file, that file truncated, the OCDBT manifest deleted, the
+input iterator's state truncated. Orbax reads the first without complaint
+(NaN or wrong weights), and the others used to give long tracebacks.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import json
+import logging
+import os
+import pathlib
+import shutil
+import sys
+
+import cv2
+import jax
+import numpy as np
+import pytest
+
+from fer_jax import checkpoint_checksums, checkpointing, eval_job, predict, train
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from predict_test import synthetic_face  # noqa: E402
+from reliability_test import run_cli  # noqa: E402
+from train_test import tiny_config  # noqa: E402
+
+
+def largest_array_file(step_dir: pathlib.Path) -> pathlib.Path:
+  files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and "/d/" in str(p)]
+  return max(files, key=lambda p: p.stat().st_size)
+
+
+def flip_two_bytes(step_dir: pathlib.Path) -> None:
+  path = largest_array_file(step_dir)
+  data = bytearray(path.read_bytes())
+  at = min(6_000_000, len(data) // 2)
+  data[at] ^= 0xFF
+  data[at + 1] ^= 0xFF
+  path.write_bytes(bytes(data))
+
+
+def truncate_array_file(step_dir: pathlib.Path) -> None:
+  path = largest_array_file(step_dir)
+  os.truncate(path, path.stat().st_size // 2)
+
+
+def delete_manifest(step_dir: pathlib.Path) -> None:
+  (step_dir / "state" / "manifest.ocdbt").unlink()
+
+
+def truncate_iterator_state(step_dir: pathlib.Path) -> None:
+  path = step_dir / "data" / "process_0-of-1.json"
+  os.truncate(path, path.stat().st_size // 2)
+
+
+DAMAGES = [flip_two_bytes, truncate_array_file, delete_manifest, truncate_iterator_state]
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory, synthetic_tiny_dir) -> pathlib.Path:
+  """A tiny run with sealed checkpoints at steps 4 and 8."""
+  workdir = tmp_path_factory.mktemp("pristine") / "run"
+  train.train_and_evaluate(tiny_config(synthetic_tiny_dir), str(workdir))
+  return workdir
+
+
+@pytest.fixture
+def run_copy(pristine, tmp_path) -> pathlib.Path:
+  copy = tmp_path / "run"
+  shutil.copytree(pristine, copy)
+  return copy
+
+
+def test_every_finalized_step_is_sealed_and_verifies(pristine):
+  for step in (4, 8):
+    step_dir = pristine / "checkpoints" / str(step)
+    assert checkpoint_checksums.is_sealed(str(step_dir))
+    assert checkpoint_checksums.verify(str(step_dir)) >= 0.0
+    listed = json.loads((step_dir / checkpoint_checksums.CHECKSUM_FILE).read_text())["files"]
+    assert "data/process_0-of-1.json" in listed and any(name.startswith("state/") for name in listed)
+
+
+@pytest.mark.parametrize("damage", DAMAGES, ids=lambda f: f.__name__)
+def test_predict_refuses_a_damaged_step_in_one_line(run_copy, tmp_path, capsys, damage):
+  damage(run_copy / "checkpoints" / "8")
+  cv2.imwrite(str(tmp_path / "face.png"), synthetic_face())
+  out = tmp_path / "rows.csv"
+  code = predict.main(["--workdir", str(run_copy), "--no-detect", str(tmp_path / "face.png"), "-o", str(out)])
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(lines) == 1, lines
+  assert lines[0].startswith(f"predict: error: checkpoint {run_copy / 'checkpoints' / '8'} is damaged: "), lines
+  assert not out.exists()
+  # The intact step still serves.
+  code = predict.main(["--workdir", str(run_copy), "--step", "4", "--no-detect", str(tmp_path / "face.png")])
+  assert code == 0
+
+
+@pytest.mark.parametrize("damage", DAMAGES, ids=lambda f: f.__name__)
+def test_eval_job_records_a_damaged_step_and_goes_on(run_copy, synthetic_tiny_dir, damage):
+  damage(run_copy / "checkpoints" / "8")
+  assert eval_job.run(tiny_config(synthetic_tiny_dir), str(run_copy)) == [4]
+  record = json.loads((run_copy / "eval" / "validation" / "evaluated.json").read_text())
+  assert record["evaluated_steps"] == [4] and list(record["unreadable_steps"]) == ["8"]
+  assert not (run_copy / "eval" / "validation" / "step_8").exists()
+
+
+@pytest.mark.parametrize("damage", DAMAGES, ids=lambda f: f.__name__)
+def test_resume_uses_the_newest_intact_step_and_says_so(run_copy, synthetic_tiny_dir, caplog, damage):
+  damage(run_copy / "checkpoints" / "8")
+  config = tiny_config(synthetic_tiny_dir)
+  config.num_train_steps = 12
+  trainer = train.Trainer(config, str(run_copy))
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    trainer.train()
+  assert trainer.restored_step == 4
+  assert "Checkpoint step 8 in" in caplog.text and "is damaged" in caplog.text
+  assert "Resumed from step 4, the newest intact checkpoint" in caplog.text
+  assert [p.name.split(".")[0] for p in (run_copy / "damaged_checkpoints").iterdir()] == ["8"]
+  steps = sorted(int(p) for p in os.listdir(run_copy / "checkpoints") if p.isdigit())
+  assert steps == [4, 8, 12]  # step 8 trained again from step 4's state and data position
+  for step in steps:
+    assert checkpoint_checksums.verify(str(run_copy / "checkpoints" / str(step))) is not None
+
+
+def test_resume_through_the_command_line_names_the_damaged_step(tmp_path, synthetic_tiny_dir):
+  workdir = tmp_path / "run"
+
+  def cli(steps: int):
+    return run_cli("--config", "configs/default.py", "--workdir", str(workdir), "--config.data.config=tiny",
+                   f"--config.data.data_dir={synthetic_tiny_dir}", f"--config.num_train_steps={steps}",
+                   "--config.eval_every_steps=4", "--config.checkpoint_every_steps=4", "--config.keep_checkpoints=5")
+
+  assert cli(8).returncode == 0
+  flip_two_bytes(workdir / "checkpoints" / "8")
+  out = cli(12)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "Checkpoint step 8 in" in out.stderr and "does not match its SHA-256" in out.stderr
+  assert "Resumed from step 4, the newest intact checkpoint" in out.stderr
+
+
+def test_nonfinite_first_step_after_restore_blames_the_checkpoint(run_copy, synthetic_tiny_dir, monkeypatch):
+  real = checkpointing.restore_newest_intact
+
+  def restore_poisoned(*args, **kwargs):
+    state, step = real(*args, **kwargs)
+    return state.replace(params=jax.tree.map(lambda x: x * np.nan, state.params)), step
+
+  monkeypatch.setattr(checkpointing, "restore_newest_intact", restore_poisoned)
+  config = tiny_config(synthetic_tiny_dir)
+  config.num_train_steps = 12
+  with pytest.raises(train.NonFiniteError, match=r"Step 9, the first after restoring checkpoint step 8: .* so that "
+                     r"checkpoint may be damaged"):
+    train.Trainer(config, str(run_copy)).train()
+
+
+def test_disk_full_mid_run_is_one_message_and_a_cut_save_frees_its_space(tmp_path, synthetic_tiny_dir, monkeypatch):
+  config = tiny_config(synthetic_tiny_dir)
+  workdir = tmp_path / "run"
+  real_save, calls = checkpointing.save, {"n": 0}
+
+  def save(*args, **kwargs):
+    calls["n"] += 1
+    if calls["n"] == 2:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real_save(*args, **kwargs)
+
+  monkeypatch.setattr(checkpointing, "save", save)
+  trainer = train.Trainer(config, str(workdir))
+  with pytest.raises(checkpointing.WorkdirError) as raised:
+    trainer.train()
+  message = str(raised.value)
+  assert "\n" not in message and message.startswith(f"The disk holding {workdir} filled up while training")
+  assert "run the same command again to resume" in message
+  # A temporary step left by the cut save is deleted when the manager opens: its bytes count as free.
+  tmp_step = workdir / "checkpoints" / "8.orbax-checkpoint-tmp-1"
+  tmp_step.mkdir(parents=True)
+  size = checkpointing.state_bytes(trainer.abstract_state) * 8  # > the 7 checkpoints + 10% needed
+  (tmp_step / "blob").write_bytes(b"\0" * size)
+  usage = collections.namedtuple("usage", "total used free")
+  monkeypatch.setattr(checkpointing.shutil, "disk_usage", lambda path: usage(2**34, 2**34 - 2**16, 2**16))
+  checkpointing.check_workdir(str(workdir), checkpointing.state_bytes(trainer.abstract_state), 6)
