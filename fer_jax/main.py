@@ -37,6 +37,20 @@ def main(argv):
     raise SystemExit(f"error: {e}") from None
 
 
+def _orbax_log_filter(record) -> bool:
+  """Orbax logs every save and restore step at INFO: keep its warnings and errors, drop the chatter.
+
+  A full disk makes orbax's background threads log tracebacks; the trainer
+  reports it in one line (checkpointing.disk_full_error), so those are dropped.
+  """
+  if "/orbax/" not in record.pathname:
+    return True
+  if record.levelno < 30:
+    return False
+  error = record.exc_info[1] if record.exc_info else None
+  return not (checkpointing.is_disk_full(error) if error else "No space left on device" in record.getMessage())
+
+
 def run(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -45,8 +59,7 @@ def run(argv):
   # Before anything touches a device; only here, never at import: grain workers import this module.
   distributed.initialize(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
                          num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-  # Orbax logs every save and restore step at INFO; keep its warnings, drop the chatter.
-  logging.get_absl_handler().addFilter(lambda r: "/orbax/" not in r.pathname or r.levelno >= 30)
+  logging.get_absl_handler().addFilter(_orbax_log_filter)
   workdir = os.path.abspath(FLAGS.workdir)
   if FLAGS.mode in ("train", "train_and_eval"):
     trainer = train.Trainer(FLAGS.config, workdir)

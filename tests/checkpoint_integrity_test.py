@@ -15,7 +15,10 @@ import logging
 import os
 import pathlib
 import shutil
+import subprocess
 import sys
+import threading
+import time
 
 import cv2
 import jax
@@ -184,3 +187,39 @@ def test_disk_full_mid_run_is_one_message_and_a_cut_save_frees_its_space(tmp_pat
   usage = collections.namedtuple("usage", "total used free")
   monkeypatch.setattr(checkpointing.shutil, "disk_usage", lambda path: usage(2**34, 2**34 - 2**16, 2**16))
   checkpointing.check_workdir(str(workdir), checkpointing.state_bytes(trainer.abstract_state), 6)
+
+
+def test_a_real_full_disk_mid_run_is_one_error_line(tmp_path, synthetic_tiny_dir):
+  """A small tmpfs filled up right after the first checkpoint: the trainer stops with one line, no traceback."""
+  mount = tmp_path / "small"
+  mount.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], capture_output=True).returncode:
+    pytest.skip("cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN)")
+  try:
+    workdir = mount / "run"
+    done = threading.Event()
+
+    def fill_after_first_checkpoint():
+      while not (workdir / "checkpoints" / "4").is_dir():
+        if done.wait(0.01):
+          return
+      with open(mount / "filler", "wb") as f:
+        try:
+          while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+        except OSError:
+          pass
+
+    filler = threading.Thread(target=fill_after_first_checkpoint, daemon=True)
+    filler.start()
+    out = run_cli("--config", "configs/default.py", "--workdir", str(workdir), "--config.data.config=tiny",
+                  f"--config.data.data_dir={synthetic_tiny_dir}", "--config.num_train_steps=60",
+                  "--config.eval_every_steps=4", "--config.checkpoint_every_steps=4", "--config.keep_checkpoints=1")
+    done.set()
+    filler.join()
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1].startswith(f"error: The disk holding {workdir} filled up while "
+                                                          "training"), out.stderr[-3000:]
+  finally:
+    subprocess.run(["umount", str(mount)], check=False)
