@@ -130,16 +130,22 @@ def test_resume_uses_the_newest_intact_step_and_says_so(run_copy, synthetic_tiny
     assert checkpoint_checksums.verify(str(run_copy / "checkpoints" / str(step))) is not None
 
 
-def test_resume_through_the_command_line_names_the_damaged_step(tmp_path, synthetic_tiny_dir):
+def test_eval_and_resume_through_the_command_line_name_the_damaged_step(tmp_path, synthetic_tiny_dir):
   workdir = tmp_path / "run"
 
-  def cli(steps: int):
+  def cli(steps: int, *extra: str):
     return run_cli("--config", "configs/default.py", "--workdir", str(workdir), "--config.data.config=tiny",
                    f"--config.data.data_dir={synthetic_tiny_dir}", f"--config.num_train_steps={steps}",
-                   "--config.eval_every_steps=4", "--config.checkpoint_every_steps=4", "--config.keep_checkpoints=5")
+                   "--config.eval_every_steps=4", "--config.checkpoint_every_steps=4", "--config.keep_checkpoints=5",
+                   *extra)
 
   assert cli(8).returncode == 0
   flip_two_bytes(workdir / "checkpoints" / "8")
+  out = cli(8, "--mode=eval", "--config.eval.idle_timeout_s=0")
+  assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-3000:]
+  assert "Checkpoint step 8 is damaged" in out.stderr and "Evaluated checkpoint steps [4]" in out.stdout
+  record = json.loads((workdir / "eval" / "validation" / "evaluated.json").read_text())
+  assert record["evaluated_steps"] == [4] and "does not match its SHA-256" in record["unreadable_steps"]["8"]
   out = cli(12)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "Checkpoint step 8 in" in out.stderr and "does not match its SHA-256" in out.stderr
