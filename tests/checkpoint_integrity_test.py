@@ -209,11 +209,10 @@ def test_a_real_full_disk_mid_run_is_one_error_line(tmp_path, synthetic_tiny_dir
       while not (workdir / "checkpoints" / "4").is_dir():
         if done.wait(0.01):
           return
-      with open(mount / "filler", "wb") as f:
+      with open(mount / "filler", "wb", buffering=0) as f:  # unbuffered: closing has nothing left to fail on
         try:
           while True:
             f.write(b"\0" * 65536)
-            f.flush()
         except OSError:
           pass
 
