@@ -4,15 +4,10 @@ Reads top to bottom: data -> model and optimizer -> state (fresh or resumed) ->
 jitted step -> loop with logging, validation and asynchronous checkpoints.
 """
 
-import contextlib
 import functools
 import json
 import math
-import multiprocessing
 import os
-import signal
-import threading
-import time
 from typing import Any
 
 import flax
@@ -27,7 +22,8 @@ from clu import metrics as clu_metrics
 from flax.training import train_state
 
 from fer_jax import checkpoint_checksums, checkpointing, config_schema, distributed, evaluation, im2col_conv
-from fer_jax import input_pipeline, models, onednn_conv, optimizers, parallel, tensorboard_writer, workdir_guard
+from fer_jax import input_pipeline, models, onednn_conv, optimizers, parallel, preemption, progress_window
+from fer_jax import tensorboard_writer, workdir_guard
 
 
 class TrainState(train_state.TrainState):
@@ -142,34 +138,6 @@ class NonFiniteError(RuntimeError):
   """A NaN or Inf loss or gradient with config.nonfinite='stop'."""
 
 
-@contextlib.contextmanager
-def preemption_notice():
-  """Records SIGTERM (a preemption notice) instead of dying; yields a dict whose "signal" is set then.
-
-  Installed only in the main thread of the launching process (never in grain
-  workers); the previous handler comes back on exit. A second SIGTERM while
-  the checkpoint is being written ends the process the default way.
-  """
-  notice: dict[str, Any] = {"signal": None}
-  if threading.current_thread() is not threading.main_thread() or multiprocessing.parent_process() is not None:
-    yield notice
-    return
-
-  def handler(signum, frame):
-    del frame
-    if notice["signal"] is not None:
-      signal.signal(signum, signal.SIG_DFL)
-      os.kill(os.getpid(), signum)
-    notice["signal"] = signal.Signals(signum).name
-    logging.warning("%s received: finishing the current step, saving a checkpoint and exiting.", notice["signal"])
-
-  previous = signal.signal(signal.SIGTERM, handler)
-  try:
-    yield notice
-  finally:
-    signal.signal(signal.SIGTERM, previous)
-
-
 MODEL_CARD = "model.json"
 
 
@@ -225,36 +193,6 @@ def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -
   if config.num_train_steps > 0:
     return int(config.num_train_steps)
   return max(1, int(math.ceil(config.num_epochs * steps_per_epoch)))
-
-
-class ProgressWindow:
-  """Training metrics, throughput and ETA over the steps since the last log line."""
-
-  def __init__(self, total_steps: int, steps_per_epoch: int, batch_size: int):
-    self.total_steps, self.steps_per_epoch, self.batch_size = total_steps, steps_per_epoch, batch_size
-    self._metrics: list[TrainMetrics] = []
-    self.restart_clock()
-
-  def restart_clock(self) -> None:
-    self._start = time.perf_counter()
-
-  def add(self, metrics: TrainMetrics) -> None:
-    self._metrics.append(metrics)
-
-  def report(self, step: int, learning_rate: float) -> dict[str, float]:
-    """Scalars for the window (then emptied), and the console progress line with ETA."""
-    summary = functools.reduce(lambda a, b: a.merge(b), self._metrics).compute()
-    steps, elapsed = len(self._metrics), time.perf_counter() - self._start
-    scalars = {"train_loss": float(summary["loss"]), "train_accuracy": float(summary["accuracy"]),
-               "learning_rate": learning_rate, "images_per_sec": steps * self.batch_size / elapsed,
-               "step_time_ms": 1000 * elapsed / steps}
-    eta = (self.total_steps - step) * elapsed / steps
-    logging.info("step %d/%d (epoch %.2f) loss %.4f acc %.3f lr %.2e %.0f img/s ETA %s", step, self.total_steps,
-                 step / self.steps_per_epoch, scalars["train_loss"], scalars["train_accuracy"], learning_rate,
-                 scalars["images_per_sec"], time.strftime("%H:%M:%S", time.gmtime(eta)))
-    self._metrics = []
-    self.restart_clock()
-    return scalars
 
 
 class Trainer:
@@ -387,12 +325,12 @@ class Trainer:
     step = int(jax.device_get(state.step))
 
     last: dict[str, float] = {}
-    progress = ProgressWindow(self.total_steps, self.steps_per_epoch, config.batch_size)
+    progress = progress_window.ProgressWindow(self.total_steps, self.steps_per_epoch, config.batch_size)
     pending_finite: list[tuple[int, jax.Array]] = []
     skipped = 0
     self.preempted_at_step = None
     try:
-      with preemption_notice() as notice:
+      with preemption.preemption_notice() as notice:
         while step < self.total_steps:
           batch = parallel.global_batch(next(train_iter), self.mesh)
           state, step_metrics, finite = self.checked_train_step(state, batch)
