@@ -85,11 +85,11 @@ def _time_pass(mode: str, chunks: list, params: crop.CropParams,
 
 def _time_build(manual_dir: pathlib.Path, config: str, num_workers: int) -> tuple[float, float]:
   """The real build into a temporary data_dir: (wall, CPU of this parent process)."""
-  from fer_jax import data  # pylint: disable=g-import-not-at-top
+  from fer_jax.data import builders  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory(prefix="expw_bench_") as data_dir:
     start, cpu = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(io.StringIO()):  # tfds' "Downloading and preparing..." lines
-      builder = data.build("expw", manual_dir=str(manual_dir), config=config, data_dir=data_dir,
+      builder = builders.build("expw", manual_dir=str(manual_dir), config=config, data_dir=data_dir,
                            num_workers=num_workers)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     report = builder.info.metadata["build_report"]

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from fer_jax import data
+from fer_jax.data import builders
 
 REAL_DATA = pathlib.Path(os.environ.get(
     "FER_JAX_REAL_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -51,7 +51,7 @@ def write_full_csv(path: pathlib.Path, seed: int = 0) -> int:
 
 def timed_build(name: str, manual_dir: pathlib.Path, data_dir: pathlib.Path) -> None:
   start = time.perf_counter()
-  builder = data.build("fer2013", manual_dir=str(manual_dir), data_dir=str(data_dir))
+  builder = builders.build("fer2013", manual_dir=str(manual_dir), data_dir=str(data_dir))
   seconds = time.perf_counter() - start
   n = sum(s.num_examples for s in builder.info.splits.values())
   splits = ", ".join(f"{k}={v.num_examples}" for k, v in builder.info.splits.items())

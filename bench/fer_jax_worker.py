@@ -7,13 +7,13 @@ bench/worker_protocol.py); by hand:
 
 --variant picks what is measured, so that each speed-up is measured alone:
   plain      textbook Flax: nn.Conv (XLA's convolutions), nn.max_pool, glibc malloc as it comes
-  +malloc    plain, with fer_jax.host_allocator (no per-step page faults)
-  +pool      +malloc, with fer_jax.pooling.max_pool_2x2
-  +im2col    +pool, with fer_jax.im2col_conv's convolutions
+  +malloc    plain, with fer_jax.kernels.host_allocator (no per-step page faults)
+  +pool      +malloc, with fer_jax.kernels.pooling.max_pool_2x2
+  +im2col    +pool, with fer_jax.kernels.im2col_conv's convolutions
   +dropout   fer_jax.models with im2col convolutions (config.conv_impl=im2col), i.e. +im2col with
-             fer_jax.dropout (fewer random bits per mask)
-  fer_jax    what `python -m fer_jax.main` trains: fer_jax.models as train.create_model builds them;
-             on a 1-device CPU run that is +dropout with oneDNN's convolutions (fer_jax.onednn_conv)
+             fer_jax.kernels.dropout (fewer random bits per mask)
+  fer_jax    what `python -m fer_jax.main` trains: fer_jax.models as model_factory.create_model builds them;
+             on a 1-device CPU run that is +dropout with oneDNN's convolutions (fer_jax.kernels.onednn_conv)
 --input pipeline (train only) feeds each step from the grain training pipeline
 with augmentation (the trainer's own loop) instead of one in-memory batch.
 
@@ -80,17 +80,19 @@ def textbook_model(name: str, pool, conv=None):
   return CNN() if name == "cnn" else VGG()
 
 
-def build_model(name: str, variant: str, dtype: str = "float32"):
+def build_model(name: str, variant: str, dtype: str = "float32", task: str = "train"):
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from fer_jax import config_schema, im2col_conv, pooling, train  # pylint: disable=g-import-not-at-top
+  from fer_jax import config_schema, kernels, model_factory  # pylint: disable=g-import-not-at-top
+  from fer_jax.kernels import im2col_conv, pooling
   if variant in ("+dropout", "fer_jax"):
     config = config_schema.base_config()
     config.model, kwargs = fer_jax_model(name)
     config.conv_impl = "im2col" if variant == "+dropout" else "auto"
     config.model_kwargs = ml_collections.ConfigDict(kwargs)
     config.dtype = dtype
-    return train.create_model(config, num_classes=7)
+    # As the trainer builds it for training; as the evaluation job and predict build it for inference.
+    return model_factory.create_model(config, 7, kernels.select(config) if task == "train" else kernels.DEFAULTS)
   ladder = VARIANTS.index(variant)
   pool = pooling.max_pool_2x2 if ladder >= VARIANTS.index("+pool") else (
       lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)))
@@ -114,23 +116,23 @@ def main() -> None:
   args = parser.parse_args()
 
   if args.variant != "plain":
-    from fer_jax import host_allocator  # pylint: disable=g-import-not-at-top
+    from fer_jax.kernels import host_allocator  # pylint: disable=g-import-not-at-top
     host_allocator.keep_freed_memory()
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   import worker_protocol  # pylint: disable=g-import-not-at-top
-  from fer_jax import train  # pylint: disable=g-import-not-at-top
+  from fer_jax import model_factory, train  # pylint: disable=g-import-not-at-top
 
-  model = build_model(args.model, args.variant, args.dtype)
+  model = build_model(args.model, args.variant, args.dtype, args.task)
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.random((args.batch, 48, 48, 1), np.float32))  # on the device already
   labels = jnp.asarray(rng.integers(0, 7, args.batch), jnp.int32)
-  state = train.create_train_state(model, optax.adam(1e-3), (48, 48, 1), seed=0)
+  state = model_factory.create_train_state(model, optax.adam(1e-3), (48, 48, 1), seed=0)
 
   if args.task == "infer":
-    variables = train.model_variables(state)
+    variables = model_factory.model_variables(state)
     predict = jax.jit(lambda variables, x: model.apply(variables, x, train=False))
     # Logits back on the host each call, as the peers' predict calls return them.
     worker_protocol.serve(lambda: np.asarray(predict(variables, images)), lambda result: None)
@@ -146,13 +148,13 @@ def main() -> None:
     return
   if args.input == "pipeline":
     import input_pipeline as bench_pipeline  # pylint: disable=g-import-not-at-top  (bench/input_pipeline.py)
-    from fer_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    from fer_jax.data import pipeline  # pylint: disable=g-import-not-at-top
     name = bench_pipeline.build_bench_dataset(args.data_dir, 8192, "bytes")
     from fer_jax import config_schema  # pylint: disable=g-import-not-at-top
     config = bench_pipeline.make_config("fer_bench", name, args.data_dir, args.workers, args.batch, augment=True,
                                         cache_max_mb=config_schema.base_config().data.cache_max_mb)  # the trainer's
     from fer_jax import parallel  # pylint: disable=g-import-not-at-top
-    batches, mesh = iter(input_pipeline.create_train_dataset(config)), parallel.create_mesh()
+    batches, mesh = iter(pipeline.create_train_dataset(config)), parallel.create_mesh()
     # As the trainer does: the host batch becomes a (data-sharded) device array, then the step.
     next_batch = lambda: parallel.global_batch({k: v for k, v in next(batches).items() if k in ("image", "label")},
                                                mesh)

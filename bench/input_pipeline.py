@@ -105,33 +105,33 @@ def main() -> None:
   args = parser.parse_args()
 
   import cv2  # pylint: disable=g-import-not-at-top
-  from fer_jax import augment as augment_lib  # pylint: disable=g-import-not-at-top
-  from fer_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from fer_jax.data import augment as augment_lib  # pylint: disable=g-import-not-at-top
+  from fer_jax.data import builders, pipeline, tfexample  # pylint: disable=g-import-not-at-top
 
   cv2.setNumThreads(1)
   if args.dataset == "synthetic_faces":
-    from fer_jax import data  # pylint: disable=g-import-not-at-top
-    data.build("synthetic_faces", data_dir=args.data_dir)
+    from fer_jax.data import builders  # pylint: disable=g-import-not-at-top
+    builders.build("synthetic_faces", data_dir=args.data_dir)
   if args.dataset:
     name, builder_config = args.dataset, None
   else:
     name, builder_config = "fer_bench", build_bench_dataset(args.data_dir, args.num_train, args.encoding)
   config = make_config(name, builder_config, args.data_dir, 0, args.batch_size, True)
-  info = input_pipeline.ensure_built(config)
+  info = builders.ensure_built(config)
   print(f"dataset {name}/{builder_config}: train {info.num_examples['train']} images {info.eval_image_shape}; "
         f"batch {args.batch_size}; {os.cpu_count()} CPU cores; medians of {args.repeats} repeats")
 
   # Parts alone, in the main process.
-  builder = input_pipeline._prepared_builder(config)  # pylint: disable=protected-access
+  builder = builders.prepared_builder(config)  # pylint: disable=protected-access
   records = builder.as_data_source(split="train").data_source
   features = builder.info.features
-  decoder = input_pipeline.ExampleDecoder(features)
+  decoder = tfexample.ExampleDecoder(features)
   rng = np.random.default_rng(0)
   keys = rng.permutation(len(records))[:4096].tolist()
   raw = [records[k] for k in keys]
   batches = [keys[i:i + args.batch_size] for i in range(0, len(keys), args.batch_size)]
   raw_batches = [raw[i:i + args.batch_size] for i in range(0, len(raw), args.batch_size)]
-  source = input_pipeline.ExampleSource(builder, "train")
+  source = tfexample.ExampleSource(builder, "train")
   parts = [
       ("read: ArrayRecord, one key at a time", lambda: [records[k] for k in keys]),
       ("read: ArrayRecord, batched (__getitems__)", lambda: [records.__getitems__(b) for b in batches]),
@@ -160,7 +160,7 @@ def main() -> None:
   for augment in (False, True):
     for workers in [int(w) for w in args.workers.split(",")]:
       config = make_config(name, builder_config, args.data_dir, workers, args.batch_size, augment)
-      it = iter(input_pipeline.create_train_dataset(config))
+      it = iter(pipeline.create_train_dataset(config))
       for _ in range(max(4, 2 * workers)):  # start-up and warm-up, untimed
         next(it)
       children = psutil.Process().children(recursive=True) if workers else []

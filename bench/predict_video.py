@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fer_jax import face_detection, inference, predict  # noqa: E402
+from fer_jax.serving import face_detection, inference, predict  # noqa: E402
 
 REAL_FER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
                         "fer2013")
@@ -59,7 +59,7 @@ def face_candidates() -> list[tuple[str, np.ndarray]]:
   files = sorted(glob.glob(os.path.join(REAL_FER, "test", "happy", "*.jpg")))[:40]
   faces = [("fer2013 " + os.path.basename(f), cv2.imread(f, cv2.IMREAD_GRAYSCALE)) for f in files]
   if not faces:
-    from fer_jax import synthetic_faces
+    from tfds_builders.synthetic_faces import drawing as synthetic_faces
     faces = [(f"synthetic #{i}", face) for i, face in
              enumerate(synthetic_faces.draw_faces(np.full(20, 3), seed=0))]
   return faces
@@ -104,12 +104,12 @@ def cnn_classifier(batch_size: int) -> inference.FaceClassifier:
   import jax
   import jax.numpy as jnp
 
-  from fer_jax import train
+  from fer_jax import model_factory
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
   import fer2013_cnn  # noqa: E402
 
   config = fer2013_cnn.get_config()
-  model = train.create_model(config, len(CLASSES))
+  model = model_factory.create_model(config, len(CLASSES))
   variables = model.init({"params": jax.random.key(0)}, jnp.zeros((1, 48, 48, 1)), train=False)
   prep = inference.Preprocessing(class_names=CLASSES, image_shape=(48, 48, 1))
   return inference.FaceClassifier(inference.probabilities_fn(model.apply, prep), {"params": variables["params"]},

@@ -4,6 +4,7 @@
     python bench/train_step.py --model vgg --rounds 5
     python bench/train_step.py --peer_python /path/to/venv/bin/python   # peers installed elsewhere
     python bench/train_step.py --end_to_end       # + fer_jax fed by its augmenting input pipeline
+    python bench/train_step.py --baseline ../old  # + another checkout's fer_jax: before/after a change
 
 Each contender is a worker process (bench/fer_jax_worker.py,
 bench/peers/torch_worker.py, bench/peers/keras_worker.py) holding its model,
@@ -42,6 +43,11 @@ def contenders(args: argparse.Namespace, task: str) -> list[tuple[str, list[str]
   common = ["--model", args.model, "--task", task, "--batch", str(args.batch)]  # Keras: float32 on the CPU only
   fer = [sys.executable, os.path.join(BENCH_DIR, "fer_jax_worker.py"), *common, "--dtype", dtype]
   out = [(f"fer_jax {v}" if v != "fer_jax" else "fer_jax", fer + ["--variant", v]) for v in args.variants.split(",")]
+  for tree in filter(None, getattr(args, "baseline", "").split(",")):  # Another checkout's fer_jax, same model.
+    tree = os.path.abspath(tree)
+    out.append((f"fer_jax @{os.path.basename(tree)}", ["env", f"PYTHONPATH={tree}", sys.executable,
+                                                       os.path.join(tree, "bench", "fer_jax_worker.py"), *common,
+                                                       "--dtype", dtype, "--variant", "fer_jax"]))
   if getattr(args, "end_to_end", False):
     # The trainer's own input: grain pipeline with augmentation, in the training process (data.num_workers=0).
     out.append(("fer_jax end to end", fer + ["--input", "pipeline", "--workers", "0"]))
@@ -111,6 +117,9 @@ def main() -> None:
   parser.add_argument("--peer_python", default=sys.executable, help="interpreter with torch / tensorflow")
   parser.add_argument("--end_to_end", action="store_true",
                       help="also time fer_jax fed by its input pipeline (augmentation on), as the trainer runs")
+  parser.add_argument("--baseline", default="",
+                      help="comma-separated checkouts (e.g. a `git worktree` of an older commit) whose fer_jax "
+                           "trains the same model in the same run: before/after a change")
   parser.add_argument("--json", default=None, help="also write the results here")
   args = parser.parse_args()
 

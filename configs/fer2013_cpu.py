@@ -28,6 +28,7 @@ def get_config():
   config.model_kwargs.convs_per_stage = 2
   config.model_kwargs.dense_features = (256,)
   config.model_kwargs.dropout = 0.5
+  config.model_kwargs.batch_norm = True
   config.batch_size = 128
   config.eval_batch_size = 512
   config.optimizer = "sgd"

@@ -38,6 +38,14 @@ def step_dir(workdir: str, step: int) -> str:
   return os.path.join(checkpoint_dir(workdir), str(step))
 
 
+def finalized_steps(checkpoint_root: str) -> list[int]:
+  """Steps orbax finished writing under `checkpoint_root` (saves in progress have non-numeric names)."""
+  if not os.path.isdir(checkpoint_root):
+    return []
+  return sorted(int(name) for name in os.listdir(checkpoint_root)
+                if name.isdigit() and os.path.isdir(os.path.join(checkpoint_root, name, "state")))
+
+
 def damaged_dir(workdir: str) -> str:
   """Where the trainer moves damaged steps, out of orbax's way (a new save may reuse their step number)."""
   return os.path.join(os.path.abspath(workdir), "damaged_checkpoints")

@@ -13,14 +13,16 @@ from typing import Any, Iterator
 
 import ml_collections
 
-from fer_jax import models
+from fer_jax import evaluation, models, optimizers
+from fer_jax.data import augment, stats
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "warmup_cosine", "step", "plateau")
+# Each choice list comes from the code that implements the choices.
+OPTIMIZERS = optimizers.OPTIMIZERS
+SCHEDULES = optimizers.SCHEDULES
 DTYPES = ("float32", "bfloat16")
-NORMALIZATIONS = ("unit", "standardize")
+NORMALIZATIONS = stats.NORMALIZATIONS
 CLASS_WEIGHTS = ("none", "balanced")
-TTA_VIEWS = ("flip", "ten_crop")
+TTA_VIEWS = evaluation.TTA_VIEWS
 EVAL_SPLITS = ("train", "validation", "test")
 NONFINITE = ("stop", "skip")
 CONV_IMPLS = ("auto", "onednn", "im2col", "xla")
@@ -42,7 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.normalization = "unit"          # unit: [0, 1]; standardize: per-dataset mean/std.
   c.data.norm_stats_examples = 4096      # Train examples sampled for the standardize mean/std.
   c.data.read_threads = 1                # Threads reading ArrayRecord per training process/worker.
-  c.data.cache_max_mb = 1024             # Keep the decoded training split in memory (per process/worker) when it
+  c.data.cache_max_mb = 1024.0           # Keep the decoded training split in memory (per process/worker) when it
                                          # takes at most this many MB (FER2013: 66); 0 = always read the files.
   c.data.eval_read_threads = 2
   c.data.augment = ml_collections.ConfigDict()
@@ -54,10 +56,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.augment.crop_size = 0           # 0 = none; else random crop in training, centre/ten-crop at eval.
   c.data.augment.crop_padding = 0        # Pad-and-crop back to full size (pixels); 0 = off.
   c.data.augment.erasing_prob = 0.0
-  c.data.augment.erasing_area = (0.02, 0.2)
-  c.data.augment.erasing_aspect = (0.3, 3.3)
-  c.data.augment.erasing_fill = "noise"  # noise or mean.
-  c.data.augment.border = "reflect"      # How rotation/shift/zoom fill pixels from outside the image.
+  c.data.augment.erasing_area = augment.AugmentConfig.erasing_area    # (min, max) fraction of the image erased.
+  c.data.augment.erasing_aspect = augment.AugmentConfig.erasing_aspect  # (min, max) h/w, log-uniform.
+  c.data.augment.erasing_fill = augment.AugmentConfig.erasing_fill    # One of augment.ERASING_FILLS.
+  c.data.augment.border = augment.AugmentConfig.border  # How rotation/shift/zoom fill pixels from outside the image.
 
   c.model = "cnn"                        # A key of fer_jax.models.MODELS.
   c.model_kwargs = ml_collections.ConfigDict()
@@ -133,7 +135,7 @@ def _leaves(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 def model_fields(name: str) -> tuple[str, ...]:
   """The keyword arguments model `name` takes from config.model_kwargs (the rest come from the config)."""
-  set_elsewhere = {"parent", "name", "num_classes", "dtype", "conv"}
+  set_elsewhere = {"parent", "name", "num_classes", "dtype", "conv", "pool"}
   return tuple(f.name for f in dataclasses.fields(models.MODELS[name]) if f.init and f.name not in set_elsewhere)
 
 
@@ -145,7 +147,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
   choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "dtype": DTYPES,
              "data.normalization": NORMALIZATIONS, "class_weights": CLASS_WEIGHTS,
              "eval.split": EVAL_SPLITS, "nonfinite": NONFINITE, "model": tuple(models.MODELS),
-             "conv_impl": CONV_IMPLS}
+             "conv_impl": CONV_IMPLS, "data.augment.erasing_fill": augment.ERASING_FILLS,
+             "data.augment.border": tuple(augment.BORDERS)}
   for field, allowed in choices.items():
     value = config
     for part in field.split("."):
@@ -157,6 +160,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
     raise ConfigError(
         f"config.model_kwargs sets {', '.join(unknown)}, which model {config.model!r} does not take (it takes "
         f"{', '.join(model_fields(config.model))}): start from a config written for {config.model!r}, or drop them.")
+  try:
+    augment.AugmentConfig.from_config(config.data.augment)
+  except ValueError as e:
+    raise ConfigError(f"config.data.augment is not allowed: {e}") from None
   for view in tta_views(config):
     if view not in TTA_VIEWS:
       _fail("eval.tta", config.eval.tta, "comma-separated views from " + ", ".join(TTA_VIEWS))

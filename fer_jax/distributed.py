@@ -36,7 +36,6 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from fer_jax import input_pipeline
 
 MODES = ("auto", "on", "off")
 
@@ -178,34 +177,3 @@ def from_process_0(value: Any) -> Any:
   size = int(multihost_utils.broadcast_one_to_all(np.int32(0 if data is None else data.size)))
   buffer = np.zeros(size, np.uint8) if data is None else data
   return json.loads(np.asarray(multihost_utils.broadcast_one_to_all(buffer)).tobytes())
-
-
-def ensure_built_once(config: Any) -> input_pipeline.DatasetInfo:
-  """input_pipeline.ensure_built on process 0 first; the others wait, then read what it wrote.
-
-  Building synthetic_faces (and caching normalization statistics) from every
-  process at once would race on the shared data_dir. If process 0 fails, it
-  still reaches the barrier, so every process raises instead of hanging.
-  """
-  if jax.process_count() == 1:
-    return input_pipeline.ensure_built(config)
-  error = None
-  if jax.process_index() == 0:
-    try:
-      input_pipeline.ensure_built(config)
-      if config.data.normalization == "standardize":
-        input_pipeline.normalization_stats(config)  # Writes the stats cache the others then read.
-    except Exception as e:  # pylint: disable=broad-except
-      error = e
-  barrier("fer_jax:dataset_built")
-  if error is not None:
-    raise error
-  try:
-    return input_pipeline.dataset_info(config)
-  except input_pipeline.DatasetNotBuiltError as e:
-    if jax.process_index() == 0:
-      raise
-    raise input_pipeline.DatasetNotBuiltError(
-        f"Process {jax.process_index()} cannot see the dataset process 0 has: {e}\nWith several hosts, "
-        "config.data.data_dir must be the same shared path on every host (NFS, a Cloud Storage FUSE "
-        "mount), or a copy of the built dataset at the same path on each host.") from e

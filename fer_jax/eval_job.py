@@ -3,7 +3,8 @@
 Runs beside the trainer (`--mode=eval`), polling WORKDIR/checkpoints. Orbax
 only exposes finalized steps (a save in progress lives in a temporary
 directory), so a partial checkpoint is never read. Each evaluated step gets
-WORKDIR/eval/<split>/step_<N>/{metrics.json,confusion_matrix.png} and
+WORKDIR/eval/<split>/step_<N>/{metrics.json,confusion_matrix.png,
+sample_predictions.png} (the grid: example faces per class, right and wrong) and
 TensorBoard events in WORKDIR/eval/<split>; the steps done are recorded in
 evaluated.json there, so a restarted job never scores a step twice. A step
 whose files fail their checksums (checkpoint_checksums.py) or cannot be
@@ -24,8 +25,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fer_jax import checkpoint_checksums, checkpointing, config_schema, distributed, evaluation, input_pipeline
-from fer_jax import tensorboard_writer, train
+from fer_jax import checkpoint_checksums, checkpointing, config_schema, distributed, evaluation, model_factory
+from fer_jax import parallel, tensorboard_writer
+from fer_jax.data import builders, pipeline, stats
 
 
 def eval_dir(workdir: str, split: str) -> str:
@@ -50,26 +52,48 @@ def _save_done(path: str, done: set[int], unreadable: dict[int, str]) -> None:
 
 
 class CheckpointEvaluator:
-  """Restores a checkpoint's state onto this machine's mesh and scores it with every configured view."""
+  """Restores a checkpoint's state onto this machine's mesh and scores it with every configured view.
+
+  Builds only what scoring needs (model_factory.py): no training step is
+  compiled and no CPU training kernel is loaded.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    # The trainer's own Trainer holds the model, mesh and the abstract state we restore onto.
-    self.trainer = train.Trainer(config, workdir)
+    config_schema.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
     self.config = config
     self.split = config.eval.split
     self.views = ["plain", *config_schema.tta_views(config)]
+    self.info = builders.ensure_built_once(config)
+    setup = model_factory.training_setup(config, self.info)
+    self.total_steps = setup.total_steps
+    mesh = parallel.create_mesh()
+    self.abstract_state = setup.abstract_state(parallel.replicated(mesh))
+    self.apply_fn = setup.model.apply
+    self.evaluator = evaluation.Evaluator(setup.model.apply, mesh, num_classes=self.info.num_classes,
+                                          crop_size=config.data.augment.crop_size)
 
-  def evaluate(self, manager: Any, step: int) -> dict[str, Any]:
-    state = checkpointing.restore(manager, step, self.trainer.abstract_state)
-    variables = train.model_variables(state)
-    info = self.trainer.info
+  def evaluate(self, manager: Any, step: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The step's metrics per view, and its images: the confusion matrix and a grid of sample predictions."""
+    variables = model_factory.model_variables(checkpointing.restore(manager, step, self.abstract_state))
     report: dict[str, Any] = {"step": step, "split": self.split, "dataset": self.config.data.name}
+    names = list(self.info.class_names)
     for view in self.views:
-      batches = input_pipeline.create_eval_dataset(self.config, self.split, process_index=jax.process_index(),
-                                                   process_count=jax.process_count())
-      confusion, loss = self.trainer.evaluator.confusion(variables, batches, view)
-      report[view] = {"loss": loss, **evaluation.classification_metrics(confusion, list(info.class_names))}
-    return report
+      confusion, loss = self.evaluator.confusion(variables, self._batches(), view)
+      report[view] = {"loss": loss, **evaluation.classification_metrics(confusion, names)}
+    title = f"{self.config.data.name} {self.split}, step {step}: accuracy {report['plain']['accuracy']:.3f}"
+    images, labels, predictions = evaluation.sample_predictions(
+        self.apply_fn, variables, self._batches(), crop_size=self.config.data.augment.crop_size)
+    if self.config.data.normalization == "standardize":  # Back to [0, 1] for display.
+      mean, std = stats.normalization_stats(self.config)
+      images = images * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+    return report, {
+        "confusion_matrix": evaluation.confusion_matrix_image(np.asarray(report["plain"]["confusion_matrix"]),
+                                                              names, title),
+        "sample_predictions": evaluation.sample_grid_image(images, labels, predictions, names, title)}
+
+  def _batches(self) -> Any:
+    return pipeline.create_eval_dataset(self.config, self.split, process_index=jax.process_index(),
+                                        process_count=jax.process_count())
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, idle_timeout_s: float | None = None) -> list[int]:
@@ -79,7 +103,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, idle_timeout_s: floa
   """
   idle_timeout_s = config.eval.idle_timeout_s if idle_timeout_s is None else idle_timeout_s
   evaluator = CheckpointEvaluator(config, workdir)
-  final_step = evaluator.trainer.total_steps
+  final_step = evaluator.total_steps
   out_dir = eval_dir(workdir, evaluator.split)
   os.makedirs(out_dir, exist_ok=True)
   done_path = os.path.join(out_dir, "evaluated.json")
@@ -99,7 +123,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, idle_timeout_s: floa
     for step in steps:
       try:
         checkpointing.verify(workdir, step)
-        report = evaluator.evaluate(manager, step)
+        report, images = evaluator.evaluate(manager, step)
       except Exception as e:  # pylint: disable=broad-except  (orbax raises many types for a damaged step)
         if not os.path.isdir(checkpointing.step_dir(workdir, step)):  # Deleted by the trainer's retention policy.
           logging.warning("Skipping checkpoint %d: it was deleted before it could be read.", step)
@@ -120,14 +144,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, idle_timeout_s: floa
                         f"loss{suffix}": m["loss"]})
         if view == "plain":
           scalars.update({f"f1/{name}": v["f1"] for name, v in m["per_class"].items()})
-      image = evaluation.confusion_matrix_image(
-          np.asarray(report["plain"]["confusion_matrix"]), list(evaluator.trainer.info.class_names),
-          f"{config.data.name} {evaluator.split}, step {step}: accuracy {report['plain']['accuracy']:.3f}")
       if jax.process_index() == 0:
         step_dir = os.path.join(out_dir, f"step_{step}")
-        evaluation.write_report(step_dir, report, image)
+        evaluation.write_report(step_dir, report, images)
         writer.write_scalars(step, scalars)
-        writer.write_images(step, {"confusion_matrix": image})
+        writer.write_images(step, images)
         writer.flush()
         logging.info("Evaluated step %d on %s: %s -> %s", step, evaluator.split,
                      ", ".join(f"{k} {v:.4f}" for k, v in scalars.items() if "/" not in k), step_dir)

@@ -51,6 +51,7 @@ def ten_crop_view(images: jnp.ndarray, crop_size: int) -> list[jnp.ndarray]:
 
 
 VIEWS: dict[str, View] = {"plain": plain_view, "flip": flip_view, "ten_crop": ten_crop_view}
+TTA_VIEWS = tuple(v for v in VIEWS if v != "plain")  # What config.eval.tta and predict --tta may add.
 
 
 def eval_step(variables: Any, batch: dict[str, jnp.ndarray], *, apply_fn: Callable, view: str,
@@ -87,6 +88,71 @@ class Evaluator:
       totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
     totals = parallel.to_host(totals)
     return totals["confusion"], float(totals["loss_sum"] / max(totals["count"], 1.0))
+
+
+def sample_predictions(apply_fn: Callable, variables: Any, batches: Iterable[dict[str, np.ndarray]], *,
+                       crop_size: int, limit: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(images, labels, predictions) of the first `limit` unmasked examples, plain view, on this host's devices."""
+  predict = jax.jit(lambda v, x: jnp.argmax(apply_fn(v, VIEWS["plain"](x, crop_size)[0], train=False), axis=-1))
+  images, labels, predictions = [], [], []
+  for batch in batches:
+    keep = np.asarray(batch["mask"], bool)
+    images.append(np.asarray(batch["image"])[keep])
+    labels.append(np.asarray(batch["label"])[keep])
+    predictions.append(np.asarray(predict(variables, batch["image"]))[keep])
+    if sum(map(len, labels)) >= limit:
+      break
+  return np.concatenate(images)[:limit], np.concatenate(labels)[:limit], np.concatenate(predictions)[:limit]
+
+
+def choose_samples(labels: np.ndarray, predictions: np.ndarray, num_classes: int, per_class: int) -> list[list[int]]:
+  """Per true class, the indices to show: up to per_class // 2 right, then wrong, topped up from either."""
+  rows = []
+  for c in range(num_classes):
+    right = np.flatnonzero((labels == c) & (predictions == c))
+    wrong = np.flatnonzero((labels == c) & (predictions != c))
+    n_right = min(len(right), max(per_class // 2, per_class - len(wrong)))
+    rows.append([int(i) for i in right[:n_right]] + [int(i) for i in wrong[:per_class - n_right]])
+  return rows
+
+
+def sample_grid_image(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, class_names: list[str],
+                      title: str, per_class: int = 6) -> np.ndarray:
+  """One row per true class: up to per_class/2 faces it got right (green), then ones it got wrong (red).
+
+  `images` are float [N, H, W, C] in [0, 1]. Rows fill from the other kind when one runs short.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, axes = plt.subplots(len(class_names), per_class, figsize=(1.3 * per_class, 1.45 * len(class_names)),
+                           dpi=100, squeeze=False)
+  for row, (name, chosen) in enumerate(zip(class_names, choose_samples(labels, predictions, len(class_names),
+                                                                       per_class))):
+    for col, ax in enumerate(axes[row]):
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if col == 0:
+        ax.set_ylabel(name, fontsize=9)
+      if col >= len(chosen):
+        if col:  # The first column keeps its frame: it carries the row's class name.
+          ax.axis("off")
+        continue
+      i = chosen[col]
+      image = np.clip(images[i], 0.0, 1.0)
+      ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
+      color = "green" if predictions[i] == labels[i] else "red"
+      ax.set_title(class_names[int(predictions[i])], fontsize=8, color=color)
+      for spine in ax.spines.values():
+        spine.set_edgecolor(color)
+        spine.set_linewidth(2)
+  fig.suptitle(title + " (row: true class, title: predicted)", fontsize=9)
+  fig.tight_layout()
+  fig.canvas.draw()
+  image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+  plt.close(fig)
+  return image
 
 
 def classification_metrics(confusion: np.ndarray, class_names: list[str]) -> dict[str, Any]:
@@ -138,8 +204,8 @@ def confusion_matrix_image(confusion: np.ndarray, class_names: list[str], title:
   return image
 
 
-def write_report(directory: str, metrics: dict[str, Any], image: np.ndarray) -> None:
-  """metrics.json and confusion_matrix.png, written atomically (tmp + rename)."""
+def write_report(directory: str, metrics: dict[str, Any], images: dict[str, np.ndarray]) -> None:
+  """metrics.json and one <name>.png per image (confusion_matrix, sample_predictions), each written atomically."""
   from PIL import Image
 
   os.makedirs(directory, exist_ok=True)
@@ -147,6 +213,7 @@ def write_report(directory: str, metrics: dict[str, Any], image: np.ndarray) -> 
   with open(tmp, "w") as f:
     json.dump(metrics, f, indent=2, sort_keys=True)
   os.replace(tmp, os.path.join(directory, "metrics.json"))
-  tmp_png = os.path.join(directory, ".confusion_matrix.png.tmp")
-  Image.fromarray(image).save(tmp_png, format="PNG")
-  os.replace(tmp_png, os.path.join(directory, "confusion_matrix.png"))
+  for name, image in images.items():
+    tmp_png = os.path.join(directory, f".{name}.png.tmp")
+    Image.fromarray(image).save(tmp_png, format="PNG")
+    os.replace(tmp_png, os.path.join(directory, f"{name}.png"))

@@ -10,7 +10,9 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fer_jax import checkpointing, config_schema, distributed, eval_job, host_allocator, input_pipeline, train
+from fer_jax import checkpointing, config_schema, distributed, eval_job, train
+from fer_jax.kernels import host_allocator
+from fer_jax.data import builders
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A config file in configs/; override fields with --config.a.b=value.",
@@ -31,7 +33,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   try:
     run(argv)
-  except (config_schema.ConfigError, input_pipeline.DatasetNotBuiltError, checkpointing.WorkdirError,
+  except (config_schema.ConfigError, builders.DatasetNotBuiltError, checkpointing.WorkdirError,
           checkpointing.DamagedCheckpointError, train.NonFiniteError) as e:
     # What the user fixes (command line, config, data, disk): the message, not a traceback.
     raise SystemExit(f"error: {e}") from None

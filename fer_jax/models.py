@@ -4,13 +4,11 @@ All models take images [N, H, W, C] in [0, 1] (or standardized) and return
 float32 logits [N, num_classes]. `dtype` is the compute dtype (bfloat16 on
 accelerators); parameters stay float32.
 
-`conv` is the function the convolutions call when training (train.py passes
-fer_jax.onednn_conv's or fer_jax.im2col_conv's on CPU); training also pools
-with pooling.max_pool_2x2. Both are there for their fast gradients on XLA:CPU
-and compute the same values to float32 rounding; `train=False` uses XLA's own
-convolution and reduce_window, which keeps exported inference free of
-fer_jax's custom calls (docs/BENCHMARKS.md, inference).
-Neither changes the parameters. Dropout is fer_jax.dropout's: nn.Dropout's
+Each model takes its convolution module and its 2x2 max-pool as attributes
+with flax defaults (`conv: ModuleDef = nn.Conv`, as flax's imagenet example
+does): model_factory.py sets them to fer_jax.kernels' faster CPU versions for
+training and leaves the defaults for evaluation and export. Parameters are
+the same either way. Dropout is fer_jax.kernels.dropout's: nn.Dropout's
 distribution from fewer random bits.
 """
 
@@ -21,15 +19,15 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fer_jax import pooling
-from fer_jax.dropout import Dropout
+from fer_jax.kernels.dropout import Dropout
 
 Dtype = Any
-ConvFn = Callable[..., Any] | None
+ModuleDef = Any
+PoolFn = Callable[[jnp.ndarray], jnp.ndarray]
 
 
-def _pool_2x2(x: jnp.ndarray, train: bool) -> jnp.ndarray:
-  return pooling.max_pool_2x2(x) if train else nn.max_pool(x, (2, 2), strides=(2, 2))
+def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
+  return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
 
 
 class CNN(nn.Module):
@@ -43,15 +41,15 @@ class CNN(nn.Module):
   conv_dropout: float = 0.25
   dense_dropout: float = 0.5
   dtype: Dtype = jnp.float32
-  conv: ConvFn = None
+  conv: ModuleDef = nn.Conv
+  pool: PoolFn = max_pool_2x2
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     x = x.astype(self.dtype)
-    conv = self.conv if train else None
     for features in self.conv_features:
-      x = nn.Conv(features, (3, 3), padding="SAME", dtype=self.dtype, conv_general_dilated=conv)(x)
-      x = _pool_2x2(nn.relu(x), train)
+      x = self.conv(features, (3, 3), padding="SAME", dtype=self.dtype)(x)
+      x = self.pool(nn.relu(x))
       x = Dropout(self.conv_dropout, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
     for features in self.dense_features:
@@ -72,20 +70,20 @@ class VGG(nn.Module):
   convs_per_stage: int = 2
   dense_features: Sequence[int] = (1024, 1024)
   dropout: float = 0.5
+  batch_norm: bool = True     # False: biased convs and no normalisation (the ablation in BENCHMARKS).
   dtype: Dtype = jnp.float32
-  conv: ConvFn = None
+  conv: ModuleDef = nn.Conv
+  pool: PoolFn = max_pool_2x2
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     x = x.astype(self.dtype)
-    conv = self.conv if train else None
     norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)
     for features in self.stage_features:
       for _ in range(self.convs_per_stage):
-        x = nn.Conv(features, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype,
-                    conv_general_dilated=conv)(x)
-        x = nn.relu(norm()(x))
-      x = _pool_2x2(x, train)
+        x = self.conv(features, (3, 3), padding="SAME", use_bias=not self.batch_norm, dtype=self.dtype)(x)
+        x = nn.relu(norm()(x) if self.batch_norm else x)
+      x = self.pool(x)
     x = x.reshape((x.shape[0], -1))
     for features in self.dense_features:
       x = nn.relu(nn.Dense(features, dtype=self.dtype)(x))
@@ -98,13 +96,12 @@ class ResidualBlock(nn.Module):
   features: int
   strides: int = 1
   dtype: Dtype = jnp.float32
-  conv: ConvFn = None
+  conv: ModuleDef = nn.Conv
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     norm = lambda **kw: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, **kw)
-    conv = lambda f, k, s: nn.Conv(f, (k, k), (s, s), padding="SAME", use_bias=False, dtype=self.dtype,
-                                   conv_general_dilated=self.conv)
+    conv = lambda f, k, s: self.conv(f, (k, k), (s, s), padding="SAME", use_bias=False, dtype=self.dtype)
     y = nn.relu(norm()(conv(self.features, 3, self.strides)(x)))
     y = norm(scale_init=nn.initializers.zeros)(conv(self.features, 3, 1)(y))
     if x.shape != y.shape:
@@ -120,24 +117,22 @@ class ResNet(nn.Module):
   stem: str = "imagenet"
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
-  conv: ConvFn = None
+  conv: ModuleDef = nn.Conv  # The 3x3 stem and the residual blocks (the 7x7/2 imagenet stem is always nn.Conv).
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     x = x.astype(self.dtype)
-    conv = self.conv if train else None
     if self.stem == "imagenet":
       x = nn.Conv(self.stage_features[0], (7, 7), (2, 2), padding="SAME", use_bias=False, dtype=self.dtype)(x)
       x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
     else:
-      x = nn.Conv(self.stage_features[0], (3, 3), padding="SAME", use_bias=False, dtype=self.dtype,
-                  conv_general_dilated=conv)(x)
+      x = self.conv(self.stage_features[0], (3, 3), padding="SAME", use_bias=False, dtype=self.dtype)(x)
       x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x))
     for i, (blocks, features) in enumerate(zip(self.stage_sizes, self.stage_features)):
       for j in range(blocks):
         x = ResidualBlock(features, strides=2 if i > 0 and j == 0 else 1, dtype=self.dtype,
-                          conv=conv)(x, train)
+                          conv=self.conv)(x, train)
     x = jnp.mean(x, axis=(1, 2))
     x = Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
@@ -147,7 +142,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {"cnn": CNN, "vgg": VGG, "resnet":
 
 
 def create_model(name: str, *, num_classes: int, dtype: Dtype, **kwargs: Any) -> nn.Module:
-  """Builds model `name` (a key of MODELS) with config-given keyword arguments."""
+  """Builds model `name` (a key of MODELS) with config-given keyword arguments (model_factory.py adds the kernels)."""
   if name not in MODELS:
     raise ValueError(f"config.model={name!r} is not a known model; choose one of {sorted(MODELS)}.")
   return MODELS[name](num_classes=num_classes, dtype=dtype, **kwargs)

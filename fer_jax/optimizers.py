@@ -9,6 +9,8 @@ import ml_collections
 import optax
 
 Schedule = Callable[[Any], Any]
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "warmup_cosine", "step", "plateau")
 
 
 def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int) -> Schedule:

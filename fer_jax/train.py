@@ -5,13 +5,9 @@ jitted step -> loop with logging, validation and asynchronous checkpoints.
 """
 
 import functools
-import json
-import math
-import os
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,73 +15,18 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metrics as clu_metrics
-from flax.training import train_state
 
-from fer_jax import checkpoint_checksums, checkpointing, config_schema, distributed, evaluation, im2col_conv
-from fer_jax import input_pipeline, models, onednn_conv, optimizers, parallel, preemption, progress_window
+from fer_jax import checkpoint_checksums, checkpointing, config_schema, distributed, evaluation, kernels
+from fer_jax import model_card, model_factory, optimizers, parallel, preemption, progress_window
 from fer_jax import tensorboard_writer, workdir_guard
-
-
-class TrainState(train_state.TrainState):
-  """Parameters, optimizer state and step, plus batch-norm statistics (empty for models without BN)."""
-  batch_stats: Any = None
+from fer_jax.data import builders, pipeline, stats
+from fer_jax.model_factory import TrainState
 
 
 @flax.struct.dataclass  # clu reads these annotations at runtime: no `from __future__ import annotations` here.
 class TrainMetrics(clu_metrics.Collection):
   loss: clu_metrics.Average.from_output("loss")
   accuracy: clu_metrics.Accuracy
-
-
-def create_model(config: ml_collections.ConfigDict, num_classes: int, platform: str | None = None) -> nn.Module:
-  """The config's model, with the training convolutions that suit `platform` (default: this backend's)."""
-  dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-  return models.create_model(config.model, num_classes=num_classes, dtype=dtype,
-                             conv=conv_function(config, platform), **config.model_kwargs.to_dict())
-
-
-def conv_function(config: ml_collections.ConfigDict, platform: str | None = None) -> Any:
-  """What the models' convolutions call when training; None is XLA's own.
-
-  `auto` on CPU: oneDNN's kernels (onednn_conv.py) on a single device where the
-  library loads, else im2col matrix products (im2col_conv.py). oneDNN runs as
-  XLA FFI custom calls, which have no sharding rule: on a multi-device mesh XLA
-  would gather their inputs onto every device, so meshes use im2col.
-  Elsewhere (GPU, TPU): XLA's.
-  """
-  impl = config.get("conv_impl", "auto")  # Model cards written before the field existed lack it.
-  conv = _pick_conv(impl, platform or jax.default_backend())
-  logging.info("Training convolutions (config.conv_impl=%s): %s", impl, "XLA's" if conv is None else conv.__module__)
-  return conv
-
-
-def _pick_conv(impl: str, platform: str) -> Any:
-  if impl == "onednn":
-    onednn_conv.prepare()  # Raises an error that says what is missing.
-    return onednn_conv.conv_general_dilated
-  if impl == "auto" and platform == "cpu":
-    if jax.device_count() == 1:
-      try:
-        onednn_conv.prepare()
-        return onednn_conv.conv_general_dilated
-      except onednn_conv.OneDnnUnavailable as e:
-        logging.warning("Training convolutions use im2col, slower than oneDNN: %s", e)
-    return im2col_conv.conv_general_dilated
-  if impl == "im2col":
-    return im2col_conv.conv_general_dilated
-  return None
-
-
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, ...],
-                       seed: int) -> TrainState:
-  variables = model.init({"params": jax.random.key(seed)}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                           batch_stats=variables.get("batch_stats", {}))
-
-
-def model_variables(state: TrainState) -> dict[str, Any]:
-  """What `model.apply` needs for inference."""
-  return {"params": state.params, "batch_stats": state.batch_stats} if state.batch_stats else {"params": state.params}
 
 
 def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, *, label_smoothing: float,
@@ -138,36 +79,6 @@ class NonFiniteError(RuntimeError):
   """A NaN or Inf loss or gradient with config.nonfinite='stop'."""
 
 
-MODEL_CARD = "model.json"
-
-
-def write_model_card(config: ml_collections.ConfigDict, workdir: str, info: Any) -> dict[str, Any]:
-  """WORKDIR/model.json: what inference needs to rebuild the model and preprocess faces like training.
-
-  Prediction and export read it instead of the dataset, which may not exist on
-  the machine that serves the model.
-  """
-  mean, std = (input_pipeline.normalization_stats(config) if config.data.normalization == "standardize"
-               else (None, None))
-  card = {
-      "dataset": config.data.name, "dataset_config": config.data.config or None,
-      "class_names": list(info.class_names), "num_classes": info.num_classes,
-      "image_shape": list(info.eval_image_shape),  # full-size input, as stored in the dataset
-      "crop_size": int(config.data.augment.crop_size),  # model input side when > 0 (centre crop)
-      "normalization": {"kind": config.data.normalization, "mean": mean, "std": std},
-      # Margin the builder added around each labelled face box (ExpW), so prediction crops alike.
-      "face_margin": getattr(input_pipeline.prepared_builder(config).builder_config, "margin", None),
-      "config": json.loads(config.to_json_best_effort()),
-  }
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    tmp = os.path.join(workdir, f".{MODEL_CARD}.tmp")
-    with open(tmp, "w") as f:
-      json.dump(card, f, indent=2)
-    os.replace(tmp, os.path.join(workdir, MODEL_CARD))
-  return card
-
-
 def balanced_class_weights(label_counts: np.ndarray) -> np.ndarray:
   """Inverse-frequency weights normalised to mean 1 over present classes (absent classes get 0)."""
   counts = np.asarray(label_counts, np.float64)
@@ -187,12 +98,9 @@ def check_splits(config: ml_collections.ConfigDict, info: Any) -> None:
           f"{have}. Set --config.data.{field} to one of them, or rebuild the dataset with that split.")
 
 
-def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-  if config.smoke_test:
-    return 6
-  if config.num_train_steps > 0:
-    return int(config.num_train_steps)
-  return max(1, int(math.ceil(config.num_epochs * steps_per_epoch)))
+def itstime(step: int, every_steps: int, total_steps: int) -> bool:
+  """Whether a periodic action (log, validate, save) is due: every `every_steps` steps and at the last step."""
+  return step % every_steps == 0 or step == total_steps
 
 
 class Trainer:
@@ -203,22 +111,20 @@ class Trainer:
     self.config = config
     self.workdir = workdir
     self.mesh = parallel.create_mesh()
-    distributed.ensure_built_once(config)  # process 0 builds, the others wait
-    self.info = input_pipeline.dataset_info(config)
+    builders.ensure_built_once(config)  # process 0 builds, the others wait
+    self.info = builders.dataset_info(config)
     check_splits(config, self.info)
-    self.steps_per_epoch = max(1, self.info.num_examples[config.data.train_split] // config.batch_size)
-    self.total_steps = total_train_steps(config, self.steps_per_epoch)
-    self.model = create_model(config, self.info.num_classes)
-    self.schedule = optimizers.create_schedule(config, self.steps_per_epoch, self.total_steps)
-    tx = optimizers.create_optimizer(config, self.schedule, self.steps_per_epoch)
+    model_kernels = kernels.select(config)
+    logging.info("Training kernels: %s", model_kernels.reason)
+    setup = model_factory.training_setup(config, self.info, model_kernels)
+    self.model, self.schedule = setup.model, setup.schedule
+    self.steps_per_epoch, self.total_steps = setup.steps_per_epoch, setup.total_steps
     self.replicated = parallel.replicated(self.mesh)
-    init = functools.partial(create_train_state, self.model, tx, self.info.image_shape, config.seed)
-    self.abstract_state = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), jax.eval_shape(init))
-    self._init_state = jax.jit(init, out_shardings=self.replicated)
+    self.abstract_state = setup.abstract_state(self.replicated)
+    self._init_state = jax.jit(setup.init, out_shardings=self.replicated)
     class_weights = None
     if config.class_weights == "balanced":
-      class_weights = jnp.asarray(balanced_class_weights(input_pipeline.label_counts(config)))
+      class_weights = jnp.asarray(balanced_class_weights(stats.label_counts(config)))
     # (state, metrics, finite): the loop reads `finite` for the NaN policy; train_step() drops it.
     self.checked_train_step = jax.jit(
         functools.partial(train_step, base_key=jax.random.key(config.seed), label_smoothing=config.label_smoothing,
@@ -236,10 +142,10 @@ class Trainer:
     return new_state, metrics
 
   def validate(self, state: TrainState) -> dict[str, float]:
-    eval_ds = input_pipeline.create_eval_dataset(self.config, self.config.data.eval_split,
+    eval_ds = pipeline.create_eval_dataset(self.config, self.config.data.eval_split,
                                                  process_index=jax.process_index(),
                                                  process_count=jax.process_count())
-    confusion, loss = self.evaluator.confusion(model_variables(state), eval_ds)
+    confusion, loss = self.evaluator.confusion(model_factory.model_variables(state), eval_ds)
     accuracy = float(np.trace(confusion) / max(confusion.sum(), 1))
     return {"val_loss": loss, checkpointing.VAL_ACCURACY: accuracy}
 
@@ -272,6 +178,13 @@ class Trainer:
     for s in bad:
       logging.warning("Step %d: non-finite loss or gradient; the update was skipped (config.nonfinite='skip').", s)
     return len(bad)
+
+  def _preempt_requested(self, notice: dict[str, Any], step: int) -> bool:
+    """A SIGTERM arrived; multi-process runs follow process 0, at log steps, so one clock cannot split them."""
+    if jax.process_count() == 1:
+      return notice["signal"] is not None
+    return itstime(step, self.config.log_every_steps, self.total_steps) and distributed.from_process_0(
+        notice["signal"] is not None)
 
   def _restore_or_init(self, manager: Any, train_iter: Any, writer: Any) -> TrainState:
     """The latest checkpoint's state (the iterator moved to its position), or a fresh one."""
@@ -318,10 +231,11 @@ class Trainer:
     config, workdir = self.config, self.workdir
     writer = tensorboard_writer.create_writer(workdir, just_logging=jax.process_index() > 0)
     manager = checkpointing.create_manager(workdir, config)
-    train_iter = iter(input_pipeline.create_train_dataset(
+    train_iter = iter(pipeline.create_train_dataset(
         config, process_index=jax.process_index(), process_count=jax.process_count()))
     state = self._restore_or_init(manager, train_iter, writer)
-    write_model_card(config, workdir, self.info)  # Only once the state was built or restored.
+    if jax.process_index() == 0:
+      model_card.write(config, workdir, self.info)  # Only once the state was built or restored.
     step = int(jax.device_get(state.step))
 
     last: dict[str, float] = {}
@@ -337,34 +251,28 @@ class Trainer:
           step += 1
           progress.add(step_metrics)
           pending_finite.append((step, finite))
-          is_last = step == self.total_steps
-          if step % config.log_every_steps == 0 or is_last:
+          if itstime(step, config.log_every_steps, self.total_steps):
             skipped += self._check_finite(pending_finite, manager)
-            scale = float(jax.device_get(optimizers.plateau_scale(state.opt_state)))
-            last = progress.report(step, float(self.schedule(step)) * scale)
+            last = progress.report(step, float(self.schedule(step)) * float(jax.device_get(
+                optimizers.plateau_scale(state.opt_state))))
             if config.nonfinite == "skip":
               last["nonfinite_skipped"] = float(skipped)  # In this window.
               skipped = 0
             writer.write_scalars(step, last)
-          # One process's clock or signal must not split the processes: multi-process runs follow process 0.
-          preempt = notice["signal"] is not None
-          if jax.process_count() > 1:
-            preempt = (distributed.from_process_0(preempt) if step % config.log_every_steps == 0 or is_last
-                       else False)
-          save_now = step % config.checkpoint_every_steps == 0 or is_last
-          if step % config.eval_every_steps == 0 or save_now or preempt:
+          preempt = self._preempt_requested(notice, step)
+          save = itstime(step, config.checkpoint_every_steps, self.total_steps)
+          validate = save or itstime(step, config.eval_every_steps, self.total_steps)
+          if validate or preempt:
             skipped += self._check_finite(pending_finite, manager)  # Never validate or save a NaN state.
-          if step % config.eval_every_steps == 0 or save_now:
+          if validate:
             val = self.validate(state)
             writer.write_scalars(step, val)
             last.update(val)
             logging.info("step %d validation (%s): loss %.4f accuracy %.4f", step, config.data.eval_split,
                          val["val_loss"], val[checkpointing.VAL_ACCURACY])
             progress.restart_clock()  # Validation time is not training throughput.
-          if save_now:
-            checkpointing.save(manager, step, state, train_iter, metrics=val)
-          elif preempt:  # Not validated: kept by latest-N, left out of the best-N ranking.
-            checkpointing.save(manager, step, state, train_iter, metrics=None)
+          if save or preempt:  # A preemption save is not validated: kept by latest-N, not ranked among the best.
+            checkpointing.save(manager, step, state, train_iter, metrics=val if save else None)
           if preempt:
             manager.wait_until_finished()
             self.preempted_at_step = step

@@ -120,7 +120,7 @@ def setup_of(config: Any, *, image_shape: tuple[int, ...], process_count: int) -
 def _recorded_setup(workdir: str) -> tuple[dict[str, Any] | None, str]:
   """(setup, file it came from): setup.json, else the config in model.json of a workdir older than setup.json."""
   path = os.path.join(workdir, SETUP_FILE)
-  card = os.path.join(workdir, "model.json")  # fer_jax.train.MODEL_CARD
+  card = os.path.join(workdir, "model.json")  # fer_jax.model_card.FILENAME
   for source in (path, card):
     if not os.path.exists(source):
       continue

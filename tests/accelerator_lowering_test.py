@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from fer_jax import optimizers, train
+from fer_jax import kernels, model_factory, optimizers, train
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
 # (data.name, data.config) -> the stored image shape, as the builders write it.
@@ -39,10 +39,10 @@ def test_train_step_lowers_for_accelerators(config_path, platform):
   height, width, channels = IMAGE_SHAPES[(config.data.name, config.data.config)]
   if config.data.augment.crop_size:
     height = width = config.data.augment.crop_size
-  model = train.create_model(config, num_classes=7, platform=platform)
+  model = model_factory.create_model(config, 7, kernels.select(config, platform))
   steps_per_epoch, total = 100, 1000
   tx = optimizers.create_optimizer(config, optimizers.create_schedule(config, steps_per_epoch, total), steps_per_epoch)
-  state = jax.eval_shape(functools.partial(train.create_train_state, model, tx, (height, width, channels), 0))
+  state = jax.eval_shape(functools.partial(model_factory.create_train_state, model, tx, (height, width, channels), 0))
   batch = {"image": jax.ShapeDtypeStruct((config.batch_size, height, width, channels), jnp.float32),
            "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)}
   step = functools.partial(train.train_step, base_key=jax.random.key(0), label_smoothing=config.label_smoothing,

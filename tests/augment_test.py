@@ -1,4 +1,4 @@
-"""Tests for fer_jax.augment: shapes, ranges, each op on its own, determinism."""
+"""Tests for fer_jax.data.augment: shapes, ranges, each op on its own, determinism."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from fer_jax import augment
+from fer_jax.data import augment
 
 ALL_OPS = dict(rotation_deg=15.0, shift=0.1, zoom=0.1, hflip=True, crop_padding=4, erasing_prob=0.5)
 SINGLE_OPS = [dict(rotation_deg=15.0), dict(shift=0.1), dict(zoom=0.1), dict(hflip=True),

@@ -25,7 +25,8 @@ import jax
 import numpy as np
 import pytest
 
-from fer_jax import checkpoint_checksums, checkpointing, eval_job, predict, train
+from fer_jax import checkpoint_checksums, checkpointing, eval_job, train
+from fer_jax.serving import predict
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from predict_test import synthetic_face  # noqa: E402

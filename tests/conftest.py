@@ -23,7 +23,7 @@ def real_data() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def synthetic_tiny_dir(tmp_path_factory) -> str:
   """A data_dir holding the built-in synthetic_faces 'tiny' config (350/70/70 faces), built once."""
-  from fer_jax import data
+  from fer_jax.data import builders
   path = str(tmp_path_factory.mktemp("tfds_synthetic_tiny"))
-  data.build("synthetic_faces", config="tiny", data_dir=path)
+  builders.build("synthetic_faces", config="tiny", data_dir=path)
   return path

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fer_jax import dropout
+from fer_jax.kernels import dropout
 
 
 @pytest.mark.parametrize("rate,bits,threshold", [(0.5, 1, 1), (0.25, 2, 3), (0.1, 32, round(0.9 * 2**32)),

@@ -38,6 +38,17 @@ def test_report_files(tmp_path):
   names = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
   image = evaluation.confusion_matrix_image(confusion, names, "test")
   assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8
-  evaluation.write_report(str(tmp_path), evaluation.classification_metrics(confusion, names), image)
+  evaluation.write_report(str(tmp_path), evaluation.classification_metrics(confusion, names), {"confusion_matrix": image})
   assert json.loads((tmp_path / "metrics.json").read_text())["accuracy"] == 1.0
   assert (tmp_path / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sample_grid_shows_right_and_wrong_faces_per_class():
+  labels = np.array([0, 0, 0, 0, 0, 1, 1, 2])
+  predictions = np.array([0, 0, 0, 1, 2, 1, 0, 1])
+  rows = evaluation.choose_samples(labels, predictions, 3, per_class=4)
+  assert rows == [[0, 1, 3, 4], [5, 6], [7]]  # half right, half wrong; short rows keep what there is
+  assert evaluation.choose_samples(labels, np.zeros(8, int), 3, per_class=4)[0] == [0, 1, 2, 3]  # all right: top up
+  images = np.random.default_rng(0).random((8, 12, 12, 1)).astype(np.float32)
+  grid = evaluation.sample_grid_image(images, labels, predictions, ["a", "b", "c"], "t", per_class=4)
+  assert grid.dtype == np.uint8 and grid.ndim == 3 and grid.shape[2] == 3 and grid.shape[0] > 100

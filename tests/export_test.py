@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from fer_jax import export, inference, predict
+from fer_jax.serving import export, inference, predict
 
 pytest.importorskip("flatbuffers", reason="jax.export serialization needs the 'flatbuffers' package")
 
@@ -49,11 +49,11 @@ def test_flip_tta_is_baked_in(loaded, tmp_path):
 LOADER = """
 import json, sys
 import numpy as np
-from fer_jax import export
+from fer_jax.serving import export
 model = export.load(sys.argv[1])
 probs = model(np.load(sys.argv[2]))
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("flax", "optax", "orbax", "tensorflow_datasets")
-               or m in ("fer_jax.models", "fer_jax.train", "fer_jax.inference"))
+               or m in ("fer_jax.models", "fer_jax.train", "fer_jax.serving.inference"))
 print(json.dumps({"probs": probs.tolist(), "heavy": heavy}))
 """
 

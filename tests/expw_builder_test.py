@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 import pytest
 
-from fer_jax import data
+from fer_jax.data import __main__ as data_cli
+from fer_jax.data import builders
 from tfds_builders.expw import crop
 from tfds_builders.expw import expw
 
@@ -59,7 +60,7 @@ def _write(path: pathlib.Path, content: bytes) -> str:
 
 def _build(manual_dir: pathlib.Path, tmp_path: pathlib.Path, config: str = "gray48", num_workers: int = 0,
            **overrides: Any):
-  return data.build("expw", manual_dir=str(manual_dir), config=config,
+  return builders.build("expw", manual_dir=str(manual_dir), config=config,
                     data_dir=str(tmp_path / "tfds"), overrides=overrides, num_workers=num_workers)
 
 
@@ -198,7 +199,7 @@ def test_min_confidence_filters_and_is_recorded(tmp_path):
 def test_report_persisted_and_readable_after_reload(tmp_path):
   manual = _layout(tmp_path / "expw", MESSY_LINES, _messy_files())
   report = _build(manual, tmp_path).info.metadata["build_report"]
-  reloaded = data.make_builder("expw", config="gray48", data_dir=str(tmp_path / "tfds"), num_workers=0)
+  reloaded = builders.make_builder("expw", config="gray48", data_dir=str(tmp_path / "tfds"), num_workers=0)
   assert reloaded.is_prepared()
   assert reloaded.info.metadata["build_report"] == report
   assert reloaded.info.supervised_keys == ("image", "label")
@@ -222,7 +223,7 @@ def test_missing_label_file_is_one_clear_error(tmp_path, capsys):
   (manual / "origin").mkdir(parents=True)
   with pytest.raises(FileNotFoundError, match=f"expected {manual / 'label.lst'}"):
     _build(manual, tmp_path)
-  rc = data.main(["build", "expw", "--manual_dir", str(manual), "--data_dir", str(tmp_path / "cli")])
+  rc = data_cli.main(["build", "expw", "--manual_dir", str(manual), "--data_dir", str(tmp_path / "cli")])
   err = capsys.readouterr().err
   assert rc == 2 and err.count("error:") == 1 and str(manual / "label.lst") in err
 
@@ -233,7 +234,7 @@ def test_missing_image_folder_is_one_clear_error(tmp_path, capsys):
   (manual / "label.lst").write_text(f"{TRAIN} 0 10 10 40 40 90 3\n")
   with pytest.raises(FileNotFoundError, match=f"expected {manual / 'origin'}"):
     _build(manual, tmp_path)
-  rc = data.main(["build", "expw", "--manual_dir", str(manual), "--data_dir", str(tmp_path / "cli")])
+  rc = data_cli.main(["build", "expw", "--manual_dir", str(manual), "--data_dir", str(tmp_path / "cli")])
   err = capsys.readouterr().err
   assert rc == 2 and err.count("error:") == 1 and "image folder not found" in err
 
@@ -254,10 +255,10 @@ def test_nothing_usable_is_one_clear_error(tmp_path):
 
 def test_bad_config_values_are_rejected(tmp_path):
   with pytest.raises(ValueError, match="channels must be 1 .* or 3"):
-    data.make_builder("expw", config="gray48", data_dir=str(tmp_path), overrides={"channels": 2})
+    builders.make_builder("expw", config="gray48", data_dir=str(tmp_path), overrides={"channels": 2})
   with pytest.raises(ValueError, match="margin must be"):
-    data.make_builder("expw", config="rgb96", data_dir=str(tmp_path), overrides={"margin": -0.1})
-  builder = data.make_builder("expw", config="rgb96", data_dir=str(tmp_path), overrides={"margin": 0})
+    builders.make_builder("expw", config="rgb96", data_dir=str(tmp_path), overrides={"margin": -0.1})
+  builder = builders.make_builder("expw", config="rgb96", data_dir=str(tmp_path), overrides={"margin": 0})
   assert builder.builder_config.name == "rgb96.margin=0" and builder.builder_config.margin == 0.0
 
 
@@ -311,7 +312,7 @@ def test_real_expw_sample(real_data, tmp_path):
   assert len(split_of_image) == 999 and all(len(s) == 1 for s in split_of_image.values())
 
   fractions = report["label_split_fractions"]
-  assert set(fractions) == set(expw.tfds_builders.EMOTIONS)
+  assert set(fractions) == set(expw.EMOTIONS)
   for name, by_split in fractions.items():
     assert sum(report["label_split_counts"][name].values()) >= 150
     assert 0.7 < by_split["train"] < 0.9 and 0.04 < by_split["validation"] < 0.16, (name, by_split)

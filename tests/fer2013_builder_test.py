@@ -13,8 +13,8 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
-from fer_jax import data
-import tfds_builders
+from fer_jax.data import __main__ as data_cli
+from fer_jax.data import builders, faces
 from tfds_builders.fer2013 import fer2013
 
 
@@ -27,7 +27,7 @@ def _px_text(pixels: np.ndarray) -> str:
 
 
 def _build(manual_dir: pathlib.Path, tmp_path: pathlib.Path) -> tfds.core.DatasetBuilder:
-  return data.build("fer2013", manual_dir=str(manual_dir), data_dir=str(tmp_path / "data"))
+  return builders.build("fer2013", manual_dir=str(manual_dir), data_dir=str(tmp_path / "data"))
 
 
 def _read(builder: tfds.core.DatasetBuilder, split: str) -> dict[str, tuple[int, np.ndarray]]:
@@ -140,7 +140,7 @@ def test_features_and_label_names(tmp_path):
   _write_csv(tmp_path / "manual" / "fer2013.csv", lines[:6])
   builder = _build(tmp_path / "manual", tmp_path)
   features = builder.info.features
-  assert features["label"].names == list(tfds_builders.EMOTIONS)
+  assert features["label"].names == list(faces.EMOTIONS)
   assert features["label"].names[:7] == ["angry", "disgust", "fear", "happy", "sad", "surprise",
                                          "neutral"]
   assert features["image"].shape == (48, 48, 1) and features["image"].np_dtype == np.uint8
@@ -347,13 +347,13 @@ def test_cli_build_prints_report_and_reports_errors(tmp_path, capsys):
   lines, _ = _csv_rows()
   _write_csv(tmp_path / "manual" / "fer2013.csv", lines)
   argv = ["build", "fer2013", "--manual_dir", str(tmp_path / "manual"), "--data_dir", str(tmp_path / "d")]
-  assert data.main(argv) == 0
+  assert data_cli.main(argv) == 0
   out = capsys.readouterr().out
   assert "build report" in out and '"pixel_out_of_range": 2' in out
   (tmp_path / "empty").mkdir()
   argv[3] = str(tmp_path / "empty")
   argv[5] = str(tmp_path / "d2")
-  assert data.main(argv) == 2
+  assert data_cli.main(argv) == 2
   assert "fer2013.csv" in capsys.readouterr().err
 
 

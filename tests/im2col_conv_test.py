@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 from jax import lax
 
-from fer_jax import im2col_conv, models
-from fer_jax.dropout import Dropout
+from fer_jax import models
+from fer_jax.kernels import im2col_conv, pooling
+from fer_jax.kernels.dropout import Dropout
+
+IM2COL_CONV = functools.partial(nn.Conv, conv_general_dilated=im2col_conv.conv_general_dilated)
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -93,7 +96,7 @@ def test_fast_cnn_matches_plain_flax_cnn_in_outputs_and_gradients():
   max-pooling, not an error of either formulation).
   """
   with jax.enable_x64(True):
-    fast = models.CNN(conv=im2col_conv.conv_general_dilated, dtype=jnp.float64)
+    fast = models.CNN(conv=IM2COL_CONV, pool=pooling.max_pool_2x2, dtype=jnp.float64)
     x = jax.random.uniform(jax.random.key(3), (8, 48, 48, 1), jnp.float64)
     labels = jnp.arange(8) % 7
     params = jax.tree.map(lambda p: p.astype(jnp.float64), PlainCNN().init(jax.random.key(4), x)["params"])
@@ -117,7 +120,7 @@ def test_fast_cnn_matches_plain_flax_cnn_in_outputs_and_gradients():
 def test_vgg_with_im2col_matches_vgg_with_lax():
   x = jax.random.uniform(jax.random.key(6), (4, 48, 48, 1))
   small = dict(stage_features=(8, 16), dense_features=(32,))
-  plain, fast = models.VGG(**small), models.VGG(conv=im2col_conv.conv_general_dilated, **small)
+  plain, fast = models.VGG(**small), models.VGG(conv=IM2COL_CONV, pool=pooling.max_pool_2x2, **small)
   variables = plain.init(jax.random.key(7), x)
   out_ref, _ = plain.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(8)})
   out, _ = fast.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(8)})

@@ -1,4 +1,4 @@
-"""Tests for fer_jax.input_pipeline against a tiny ArrayRecord dataset built here."""
+"""Tests for fer_jax.data.pipeline against a tiny ArrayRecord dataset built here."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from fer_jax import input_pipeline
+from fer_jax import config_schema
+from fer_jax.data import builders, pipeline, stats, tfexample
 
 SPLIT_SIZES = {"train": 103, "validation": 37, "test": 50}
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -70,10 +71,12 @@ def make_config(data_dir: str, **data_overrides) -> ml_collections.ConfigDict:
   augment = dict(enabled=False, rotation_deg=0.0, shift=0.0, zoom=0.0, hflip=False, crop_size=0,
                  crop_padding=0, erasing_prob=0.0, erasing_area=(0.02, 0.25), erasing_aspect=(0.3, 3.3))
   augment.update(data_overrides.pop("augment", {}))
-  data = dict(name="fer_tiny_test", config="gray12", data_dir=data_dir, train_split="train",
-              eval_split="validation", num_workers=0, prefetch=2, normalization="unit", augment=augment)
-  data.update(data_overrides)
-  return ml_collections.ConfigDict(dict(seed=0, batch_size=8, eval_batch_size=6, data=data))
+  config = config_schema.base_config()
+  config.seed, config.batch_size, config.eval_batch_size = 0, 8, 6
+  config.data.update({**dict(name="fer_tiny_test", config="gray12", data_dir=data_dir, normalization="unit",
+                             cache_max_mb=0), **data_overrides})
+  config.data.augment.update(augment)
+  return config
 
 
 ALL_AUGMENT = dict(enabled=True, rotation_deg=10.0, shift=0.1, zoom=0.1, hflip=True, crop_size=10,
@@ -98,19 +101,19 @@ def assert_batches_equal(a, b):
 
 
 def test_dataset_info(data_dir):
-  info = input_pipeline.dataset_info(make_config(data_dir, augment=ALL_AUGMENT))
+  info = builders.dataset_info(make_config(data_dir, augment=ALL_AUGMENT))
   assert info.image_shape == (10, 10, 1) and info.eval_image_shape == (12, 12, 1)
   assert info.num_classes == 7 and info.class_names == EMOTIONS
   assert dict(info.num_examples) == SPLIT_SIZES
-  info = input_pipeline.dataset_info(make_config(data_dir, config="rgb16"))
+  info = builders.dataset_info(make_config(data_dir, config="rgb16"))
   assert info.image_shape == info.eval_image_shape == (16, 16, 3)
 
 
 def test_not_built_error_names_data_dir_and_command(tmp_path):
   config = make_config(str(tmp_path / "empty"))
-  for fn in (input_pipeline.dataset_info, input_pipeline.ensure_built, input_pipeline.create_train_dataset,
-             input_pipeline.create_eval_dataset):
-    with pytest.raises(input_pipeline.DatasetNotBuiltError) as e:
+  for fn in (builders.dataset_info, builders.ensure_built, pipeline.create_train_dataset,
+             pipeline.create_eval_dataset):
+    with pytest.raises(builders.DatasetNotBuiltError) as e:
       fn(config)
     message = str(e.value)
     assert str(tmp_path / "empty") in message
@@ -125,13 +128,13 @@ def test_ensure_built_builds_auto_datasets(tmp_path, monkeypatch):
     calls.append((name, config, data_dir))
     return FerTinyTest(data_dir=data_dir, config=config, file_format="array_record").download_and_prepare()
 
-  monkeypatch.setattr(input_pipeline, "AUTO_BUILD", ("fer_tiny_test",))
-  monkeypatch.setattr(input_pipeline.data_lib, "build", fake_build)
+  monkeypatch.setattr(builders, "AUTO_BUILD", ("fer_tiny_test",))
+  monkeypatch.setattr(builders, "build", fake_build)
   config = make_config(str(tmp_path))
-  info = input_pipeline.ensure_built(config)
+  info = builders.ensure_built(config)
   assert calls == [("fer_tiny_test", "gray12", str(tmp_path))]
   assert dict(info.num_examples) == SPLIT_SIZES
-  input_pipeline.ensure_built(config)  # already built: no second build
+  builders.ensure_built(config)  # already built: no second build
   assert len(calls) == 1
 
 
@@ -151,7 +154,7 @@ def unstack(batch, i):
 def test_fast_decoder_equals_tfds(data_dir, builder_config):
   builder = FerTinyTest(data_dir=data_dir, config=builder_config, file_format="array_record")
   features = builder.info.features
-  decoder = input_pipeline.ExampleDecoder(features)
+  decoder = tfexample.ExampleDecoder(features)
   assert decoder._fallback is None and decoder._wire  # our decoding, not tfds's
   records = list(builder.as_data_source(split="validation").data_source)
   # Edge cases for the varint trick: no pixel >= 128, every pixel >= 128, extremes.
@@ -172,7 +175,7 @@ def test_fast_decoder_equals_tfds(data_dir, builder_config):
 def test_fast_decoder_falls_back_on_unexpected_layouts(data_dir):
   from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
   features = FerTinyTest(data_dir=data_dir, config="gray12", file_format="array_record").info.features
-  decoder = input_pipeline.ExampleDecoder(features)
+  decoder = tfexample.ExampleDecoder(features)
   records = [features.serialize_example({"image": np.full((12, 12, 1), v, np.uint8), "label": v % 7, "id": "y"})
              for v in (3, 200)]
   proto = tf_example_pb2.Example.FromString(records[1])
@@ -187,7 +190,7 @@ def test_fast_decoder_falls_back_on_unexpected_layouts(data_dir):
 
 def test_train_batches_are_full_and_shaped(data_dir):
   config = make_config(data_dir, augment=ALL_AUGMENT, config="rgb16")
-  batches = take(iter(input_pipeline.create_train_dataset(config)), 30)  # > 2 epochs of 103
+  batches = take(iter(pipeline.create_train_dataset(config)), 30)  # > 2 epochs of 103
   for batch in batches:
     assert set(batch) == {"image", "label"}
     assert batch["image"].dtype == np.float32 and batch["image"].shape == (8, 10, 10, 3)
@@ -198,7 +201,7 @@ def test_train_batches_are_full_and_shaped(data_dir):
 
 @pytest.mark.parametrize("builder_config", ["gray12", "zlib12", "bytes12"])
 def test_train_labels_match_images(data_dir, builder_config):
-  batch = next(iter(input_pipeline.create_train_dataset(make_config(data_dir, config=builder_config))))
+  batch = next(iter(pipeline.create_train_dataset(make_config(data_dir, config=builder_config))))
   np.testing.assert_array_equal(batch["label"], indices_of(batch["image"]) % 7)
 
 
@@ -207,7 +210,7 @@ def test_shuffle_differs_across_epochs_and_is_reproducible(data_dir):
   config.batch_size = SPLIT_SIZES["train"]  # one batch per epoch
 
   def epochs(config, n=3):
-    return [indices_of(b["image"]) for b in take(iter(input_pipeline.create_train_dataset(config)), n)]
+    return [indices_of(b["image"]) for b in take(iter(pipeline.create_train_dataset(config)), n)]
 
   first = epochs(config)
   for order in first:
@@ -222,15 +225,15 @@ def test_shuffle_differs_across_epochs_and_is_reproducible(data_dir):
 @pytest.mark.parametrize("batch_size", [4, 7, 25])  # 25 > 10 keys: batches span several epochs
 def test_shuffled_key_batches_cover_each_epoch_once(batch_size):
   keys = np.arange(3, 30, 3)  # a process's shard: 9 keys
-  batches = input_pipeline.ShuffledKeyBatches(keys, batch_size, seed=7)
+  batches = pipeline.ShuffledKeyBatches(keys, batch_size, seed=7)
   stream = np.concatenate([batches[b] for b in range(9 * 4 // batch_size + 1)])
   epochs = [stream[i:i + 9] for i in range(0, 36, 9)]
   for epoch in epochs:
     assert sorted(epoch) == list(keys)
   assert any(not np.array_equal(epochs[0], e) for e in epochs[1:])
-  fresh = input_pipeline.ShuffledKeyBatches(keys, batch_size, seed=7)
+  fresh = pipeline.ShuffledKeyBatches(keys, batch_size, seed=7)
   np.testing.assert_array_equal(fresh[3], batches[3])  # random access, no hidden state
-  assert not np.array_equal(input_pipeline.ShuffledKeyBatches(keys, batch_size, seed=8)[0], batches[0])
+  assert not np.array_equal(pipeline.ShuffledKeyBatches(keys, batch_size, seed=8)[0], batches[0])
 
 
 def test_processes_read_disjoint_shards_covering_the_split(data_dir):
@@ -239,7 +242,7 @@ def test_processes_read_disjoint_shards_covering_the_split(data_dir):
   seen = []
   for p in range(2):
     shard_size = len(range(p, SPLIT_SIZES["train"], 2))
-    batches = take(iter(input_pipeline.create_train_dataset(config, process_index=p, process_count=2)),
+    batches = take(iter(pipeline.create_train_dataset(config, process_index=p, process_count=2)),
                    shard_size)
     indices = np.concatenate([indices_of(b["image"]) for b in batches])
     assert len(set(indices)) == shard_size  # a full epoch of its shard, no repeats
@@ -252,27 +255,27 @@ def test_global_batch_must_divide(data_dir):
   config = make_config(data_dir)
   config.batch_size = 9
   with pytest.raises(ValueError, match="multiple of the process count 2"):
-    input_pipeline.create_train_dataset(config, process_index=0, process_count=2)
+    pipeline.create_train_dataset(config, process_index=0, process_count=2)
 
 
 def test_augmentation_is_seeded(data_dir):
   config = make_config(data_dir, augment=ALL_AUGMENT)
-  a = take(iter(input_pipeline.create_train_dataset(config)), 3)
-  assert_batches_equal(a, take(iter(input_pipeline.create_train_dataset(config)), 3))
+  a = take(iter(pipeline.create_train_dataset(config)), 3)
+  assert_batches_equal(a, take(iter(pipeline.create_train_dataset(config)), 3))
   config.seed = 5
-  b = take(iter(input_pipeline.create_train_dataset(config)), 1)
+  b = take(iter(pipeline.create_train_dataset(config)), 1)
   assert not np.array_equal(a[0]["image"], b[0]["image"])
 
 
 def test_iterator_state_round_trip(data_dir):
   config = make_config(data_dir, augment=ALL_AUGMENT, normalization="standardize")
-  ds = input_pipeline.create_train_dataset(config)
+  ds = pipeline.create_train_dataset(config)
   it = iter(ds)
   take(it, 3)
   state = it.get_state()
   expected = take(it, 4)
   json.dumps(state)  # checkpointable as JSON
-  fresh = iter(input_pipeline.create_train_dataset(config))
+  fresh = iter(pipeline.create_train_dataset(config))
   fresh.set_state(state)
   assert_batches_equal(expected, take(fresh, 4))
 
@@ -280,7 +283,7 @@ def test_iterator_state_round_trip(data_dir):
 def test_iterator_orbax_checkpoint_round_trip(data_dir, tmp_path):
   ocp = pytest.importorskip("orbax.checkpoint")
   config = make_config(data_dir, augment=ALL_AUGMENT)
-  it = iter(input_pipeline.create_train_dataset(config))
+  it = iter(pipeline.create_train_dataset(config))
   take(it, 5)
   with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
     manager.save(5, args=ocp.args.Composite(
@@ -289,7 +292,7 @@ def test_iterator_orbax_checkpoint_round_trip(data_dir, tmp_path):
     manager.wait_until_finished()
   expected = take(it, 3)
 
-  fresh = iter(input_pipeline.create_train_dataset(config))
+  fresh = iter(pipeline.create_train_dataset(config))
   with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
     restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
         params=ocp.args.StandardRestore({"w": np.zeros(3)}),
@@ -300,9 +303,9 @@ def test_iterator_orbax_checkpoint_round_trip(data_dir, tmp_path):
 
 def test_workers_give_the_same_batches_as_the_main_process(data_dir):
   config = make_config(data_dir, augment=ALL_AUGMENT)
-  expected = take(iter(input_pipeline.create_train_dataset(config)), 4)
+  expected = take(iter(pipeline.create_train_dataset(config)), 4)
   config.data.num_workers = 2
-  it = iter(input_pipeline.create_train_dataset(config))
+  it = iter(pipeline.create_train_dataset(config))
   try:
     got = take(it, 4)
     state = it.get_state()
@@ -318,7 +321,7 @@ def test_in_memory_cache_gives_the_same_batches_as_reading_the_files(data_dir, n
   cached = make_config(data_dir, augment=ALL_AUGMENT, num_workers=num_workers, cache_max_mb=1)
   batches = []
   for c in (config, cached):
-    it = iter(input_pipeline.create_train_dataset(c))
+    it = iter(pipeline.create_train_dataset(c))
     try:
       batches.append(take(it, 30))  # > 2 epochs of the 103 training examples
     finally:
@@ -328,20 +331,20 @@ def test_in_memory_cache_gives_the_same_batches_as_reading_the_files(data_dir, n
 
 
 def test_cache_is_used_when_the_split_fits(data_dir):
-  builder = input_pipeline.prepared_builder(make_config(data_dir))
-  source = input_pipeline.ExampleSource(builder, "train")
+  builder = builders.prepared_builder(make_config(data_dir))
+  source = tfexample.ExampleSource(builder, "train")
   keys = np.arange(len(source))  # 103 images of 12x12x1: 0.014 MB
-  reader = lambda **kw: input_pipeline.train_reader(source, keys, builder, make_config(data_dir, **kw))
-  assert isinstance(reader(), input_pipeline.ExampleSource)  # make_config has no cache_max_mb: 0, never
-  assert isinstance(reader(cache_max_mb=1), input_pipeline.CachedExamples)
-  assert isinstance(reader(cache_max_mb=0.01), input_pipeline.ExampleSource)
+  reader = lambda **kw: pipeline.train_reader(source, keys, builder, make_config(data_dir, **kw))
+  assert isinstance(reader(), tfexample.ExampleSource)  # make_config sets cache_max_mb=0: never
+  assert isinstance(reader(cache_max_mb=1), pipeline.CachedExamples)
+  assert isinstance(reader(cache_max_mb=0.01), tfexample.ExampleSource)
 
 
 def test_cached_examples_read_each_process_shard_only(data_dir):
-  source = input_pipeline.ExampleSource(FerTinyTest(data_dir=data_dir, config="gray12",
+  source = tfexample.ExampleSource(FerTinyTest(data_dir=data_dir, config="gray12",
                                                     file_format="array_record"), "train")
   keys = np.arange(1, len(source), 2)
-  cached = input_pipeline.CachedExamples(source, keys, chunk=7)
+  cached = pipeline.CachedExamples(source, keys, chunk=7)
   images, labels = cached.read_batch(keys[::-1])
   expected_images, expected_labels = source.read_batch(keys[::-1])
   np.testing.assert_array_equal(images, expected_images)
@@ -353,15 +356,15 @@ def test_cached_examples_read_each_process_shard_only(data_dir):
 
 def test_standardize_uses_cached_train_stats(data_dir):
   config = make_config(data_dir, normalization="standardize", config="rgb16")
-  mean, std = input_pipeline.normalization_stats(config)
+  mean, std = stats.normalization_stats(config)
   assert len(mean) == len(std) == 3
   builder = FerTinyTest(data_dir=data_dir, config="rgb16", file_format="array_record")
-  assert os.path.exists(os.path.join(builder.data_dir, input_pipeline._STATS_FILE))
-  train = np.concatenate([b["image"] for b in take(iter(input_pipeline.create_train_dataset(config)), 12)])
+  assert os.path.exists(os.path.join(builder.data_dir, stats._STATS_FILE))
+  train = np.concatenate([b["image"] for b in take(iter(pipeline.create_train_dataset(config)), 12)])
   np.testing.assert_allclose(train.mean(axis=(0, 1, 2)), 0.0, atol=0.1)
   np.testing.assert_allclose(train.std(axis=(0, 1, 2)), 1.0, atol=0.1)
-  batch = next(iter(input_pipeline.create_eval_dataset(config)))
-  unit = next(iter(input_pipeline.create_eval_dataset(make_config(data_dir, config="rgb16"))))
+  batch = next(iter(pipeline.create_eval_dataset(config)))
+  unit = next(iter(pipeline.create_eval_dataset(make_config(data_dir, config="rgb16"))))
   np.testing.assert_allclose(batch["image"][batch["mask"]],
                              ((unit["image"] - np.float32(mean)) / np.float32(std))[unit["mask"]], rtol=1e-5,
                              atol=1e-5)
@@ -375,7 +378,7 @@ def test_eval_sees_every_example_exactly_once(data_dir, split, process_count):
   local_batch = config.eval_batch_size // process_count
   seen, batch_counts = [], []
   for p in range(process_count):
-    ds = input_pipeline.create_eval_dataset(config, split, process_index=p, process_count=process_count)
+    ds = pipeline.create_eval_dataset(config, split, process_index=p, process_count=process_count)
     batches = list(ds)
     assert_batches_equal(batches, list(ds))  # iterable more than once, same result
     batch_counts.append(len(batches))
@@ -396,7 +399,7 @@ def test_eval_pads_with_fully_masked_batches_when_needed(data_dir):
   config.eval_batch_size = 3 * 6  # 37 examples over 3 processes: shards of 13, 12, 12 -> 3 batches each
   counts = []
   for p in range(3):
-    masks = [b["mask"] for b in input_pipeline.create_eval_dataset(config, process_index=p, process_count=3)]
+    masks = [b["mask"] for b in pipeline.create_eval_dataset(config, process_index=p, process_count=3)]
     counts.append(len(masks))
     assert sum(int(m.sum()) for m in masks) == len(range(p, 37, 3))
   assert counts == [3, 3, 3]

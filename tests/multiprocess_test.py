@@ -70,7 +70,8 @@ def main():
   import numpy as np
   sys.path.insert(0, ARGS["tests"])
   from train_test import tiny_config
-  from fer_jax import eval_job, input_pipeline, parallel, train
+  from fer_jax import eval_job, parallel, train
+  from fer_jax.data import pipeline
 
   config = tiny_config(ARGS["data_dir"])
   config.num_train_steps = config.checkpoint_every_steps = config.eval_every_steps = ARGS["steps"]
@@ -81,7 +82,7 @@ def main():
   # The same global batches on every topology: the 1-process stream, each process taking its rows.
   stream_config = config.copy_and_resolve_references()
   stream_config.data.num_workers = 0
-  stream = iter(input_pipeline.create_train_dataset(stream_config))
+  stream = iter(pipeline.create_train_dataset(stream_config))
   local = config.batch_size // count
   rows = slice(pid * local, (pid + 1) * local)
   state, losses = trainer._init_state(), []

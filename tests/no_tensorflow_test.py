@@ -39,10 +39,10 @@ _SCRIPT = textwrap.dedent("""
 
     import numpy as np
     import tensorflow_datasets as tfds
-    from fer_jax import data
+    from fer_jax.data import __main__ as data_cli
 
     manual_dir, data_dir = sys.argv[1:3]
-    assert data.main(["build", "fer2013", "--manual_dir", manual_dir, "--data_dir", data_dir]) == 0
+    assert data_cli.main(["build", "fer2013", "--manual_dir", manual_dir, "--data_dir", data_dir]) == 0
     source = tfds.data_source("fer2013", split="train", data_dir=data_dir)
     assert len(source) == 2, len(source)
     by_id = {ex["id"].decode(): ex for ex in (source[0], source[1])}

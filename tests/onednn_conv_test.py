@@ -9,7 +9,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from fer_jax import im2col_conv, models, onednn_conv, train
+from fer_jax import kernels, models
+from fer_jax.kernels import im2col_conv, onednn_conv
 from im2col_conv_test import CASES, NHWC, check_matches_lax  # tests/, on pytest's path
 
 needs_onednn = pytest.mark.skipif(not onednn_conv.available(), reason="oneDNN's library does not load here")
@@ -44,7 +45,7 @@ def test_cnn_on_onednn_matches_cnn_on_lax():
   near-tied max-pool window, which moves one gradient contribution to the
   neighbouring pixel (see im2col_conv_test).
   """
-  plain, fast = models.CNN(), models.CNN(conv=onednn_conv.conv_general_dilated)
+  plain, fast = models.CNN(), models.CNN(**kernels.select(_config("onednn")).model_kwargs())
   x = jax.random.uniform(jax.random.key(3), (8, 48, 48, 1))
   labels = jnp.arange(8) % 7
   params = plain.init(jax.random.key(4), x)["params"]
@@ -67,12 +68,17 @@ def _config(impl):
   return ml_collections.ConfigDict({"conv_impl": impl})
 
 
+def _conv_of(selected):
+  return selected.conv.keywords["conv_general_dilated"]
+
+
 @needs_onednn
 def test_auto_trains_on_onednn_on_one_cpu_device():
   assert jax.device_count() == 1
-  assert train.conv_function(_config("auto")) is onednn_conv.conv_general_dilated
-  assert train.conv_function(_config("im2col")) is im2col_conv.conv_general_dilated
-  assert train.conv_function(_config("xla")) is None
+  assert _conv_of(kernels.select(_config("auto"))) is onednn_conv.conv_general_dilated
+  assert _conv_of(kernels.select(_config("im2col"))) is im2col_conv.conv_general_dilated
+  assert kernels.select(_config("xla")) is kernels.DEFAULTS
+  assert kernels.select(_config("auto"), platform="cuda") is kernels.DEFAULTS
 
 
 def test_missing_library_is_reported_with_the_fix(monkeypatch):
@@ -83,9 +89,9 @@ def test_missing_library_is_reported_with_the_fix(monkeypatch):
   onednn_conv.load.cache_clear()
   try:
     assert not onednn_conv.available()
-    assert train.conv_function(_config("auto")) is im2col_conv.conv_general_dilated
+    assert _conv_of(kernels.select(_config("auto"))) is im2col_conv.conv_general_dilated
     with pytest.raises(onednn_conv.OneDnnUnavailable, match="pip install onednn-cpu-gomp"):
-      train.conv_function(_config("onednn"))
+      kernels.select(_config("onednn"))
   finally:
     onednn_conv.load.cache_clear()
 

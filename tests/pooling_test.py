@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fer_jax import pooling
+from fer_jax.kernels import pooling
 
 
 def _reference(x):

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fer_jax import face_detection, inference, predict, predict_output
+from fer_jax.serving import face_detection, inference, predict, predict_output, smoothing
 from train_test import tiny_config
 
 HAAR = face_detection.haar_available()
@@ -46,7 +46,7 @@ def loaded(workdir) -> inference.LoadedModel:
 
 
 def synthetic_face(label: int = 3, seed: int = 0) -> np.ndarray:
-  from fer_jax import synthetic_faces
+  from tfds_builders.synthetic_faces import drawing as synthetic_faces
   return synthetic_faces.draw_faces(np.array([label]), seed)[0]
 
 
@@ -341,6 +341,7 @@ def test_real_fer2013_images(real_data, loaded):
     (["--batch_size", "12"], "--batch_size 12 must be a power of two"),
     (["--min_neighbors", "-1"], "--min_neighbors -1 must be >= 0"),
     (["--scale_factor", "1.0"], "scale_factor=1.0 must be > 1"),
+    (["--smooth", "0"], "--smooth 0 must be >= 1"),
 ])
 def test_bad_option_values_are_one_error_line(workdir, folder, tmp_path, capsys, option, message):
   out = tmp_path / "rows.csv"
@@ -421,3 +422,43 @@ def test_an_annotated_video_that_does_not_read_back_is_removed(workdir, tmp_path
   code, err = run(["--workdir", workdir, str(video), "--no-detect", "--annotate", str(annotated)], capsys)
   assert code == 3 and "cannot write the annotated video" in err and "0 of 4 frames came out" in err
   assert [p for p in annotated.rglob("*") if p.is_file()] == []
+
+
+def test_camera_streams_the_rows_of_its_frames_and_smooth_means_the_last_k(workdir, tmp_path, capsys):
+  """A video file stands in for the capture device (OpenCV opens both the same way)."""
+  video = tmp_path / "clip.mp4"
+  write_video(video, frames=6)
+  detect = [] if HAAR else ["--no-detect"]
+  plain, smoothed = tmp_path / "plain.csv", tmp_path / "smoothed.csv"
+  assert run(["--workdir", workdir, str(video), "-o", str(plain), *detect], capsys)[0] == 0
+  code, err = run(["--workdir", workdir, "--camera", str(video), "--smooth", "3", "-o", str(smoothed), *detect],
+                  capsys)
+  assert code == 0, err
+  plain_rows, smooth_rows = read_csv(plain), read_csv(smoothed)
+  assert [r["file"] for r in smooth_rows] == [f"camera:{video}"] * 6
+  names = list(predict.load_classifier(predict.build_parser().parse_args(["--workdir", workdir, "x"])).class_names)
+  probs = np.array([[float(r[n]) for n in names] for r in plain_rows])
+  for i, row in enumerate(smooth_rows):  # one face, followed across frames: the mean of its last 3
+    np.testing.assert_allclose([float(row[n]) for n in names], probs[max(0, i - 2):i + 1].mean(axis=0), atol=2e-6)
+    assert row["label"] == names[int(np.argmax([float(row[n]) for n in names]))]
+
+
+def test_smoother_follows_each_face_by_overlap():
+  smoother = smoothing.FaceSmoother(2)
+  a, b = np.eye(3)[0], np.eye(3)[1]
+  np.testing.assert_allclose(smoother([(0, 0, 10, 10), (50, 0, 10, 10)], np.stack([a, b])), np.stack([a, b]))
+  # The faces swap order and move a little; a third face appears far away and starts its own history.
+  out = smoother([(52, 1, 10, 10), (1, 0, 10, 10), (200, 200, 10, 10)], np.stack([a, b, b]))
+  np.testing.assert_allclose(out, np.stack([(b + a) / 2, (a + b) / 2, b]))
+  out = smoother([(1, 0, 10, 10)], np.stack([a]))
+  np.testing.assert_allclose(out, [(b + a) / 2])  # only the last 2 frames of that face
+
+
+def test_show_without_a_display_is_one_error_line(workdir, folder, capsys, monkeypatch):
+  monkeypatch.delenv("DISPLAY", raising=False)
+  monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+  code, err = run(["--workdir", workdir, "--show", str(folder / "face.png")], capsys)
+  assert code == 2 and err.strip().splitlines() == [
+      "predict: error: --show needs a display, and neither $DISPLAY nor $WAYLAND_DISPLAY is set."]
+  code, err = run(["--workdir", workdir], capsys)
+  assert code == 2 and "give INPUT files or folders, or --camera N" in err

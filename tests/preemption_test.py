@@ -7,6 +7,7 @@ reproducible across processes).
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import random
@@ -114,10 +115,15 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(tmp_path, synthe
   assert not tmp_dirs(workdir), "a restart removes the temporary directories of killed saves"
   assert_same_params(reference, workdir, config)
 
-  # The evaluation job, run on the workdir as the mid-save kill left it, scores only finalized steps.
+  # The evaluation job, run on the workdir as the mid-save kill left it, scores only finalized steps. A kill
+  # can also land while the retention policy deletes an old step: that half-deleted step is recorded unreadable.
   assert tmp_dirs(after_mid_save)
   steps = eval_job.run(config, after_mid_save, idle_timeout_s=0.0)
-  assert steps == finalized_steps(after_mid_save) and steps
+  complete = [s for s in finalized_steps(after_mid_save)
+              if os.path.exists(os.path.join(checkpointing.step_dir(after_mid_save, s), "_CHECKPOINT_METADATA"))]
+  assert steps == complete and steps
+  record = json.loads(pathlib.Path(eval_job.eval_dir(after_mid_save, "validation"), "evaluated.json").read_text())
+  assert sorted(map(int, record["unreadable_steps"])) == sorted(set(finalized_steps(after_mid_save)) - set(complete))
 
 
 def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path, synthetic_tiny_dir):

@@ -7,7 +7,7 @@ import os
 import cv2
 import numpy as np
 
-from fer_jax import pretrained
+from fer_jax.serving import pretrained
 from predict_test import loaded, read_csv, run, synthetic_face, workdir  # noqa: F401  (fixtures)
 
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")

@@ -19,7 +19,8 @@ import jax
 import numpy as np
 import pytest
 
-from fer_jax import checkpointing, data, eval_job, parallel, train
+from fer_jax import checkpointing, eval_job, model_card, parallel, train
+from fer_jax.data import builders
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -170,7 +171,7 @@ def test_nearly_full_disk_fails_at_start_with_the_numbers(tmp_path, synthetic_ti
   assert size > 2**16
   with pytest.raises(checkpointing.WorkdirError, match=r"has 0\.1 MiB free, but 7 checkpoints of .* need about"):
     trainer.train()
-  assert not (workdir / "checkpoints").exists() and not (workdir / train.MODEL_CARD).exists()
+  assert not (workdir / "checkpoints").exists() and not (workdir / model_card.FILENAME).exists()
 
 
 # ---------------------------------------------------------------------------- evaluation job
@@ -206,7 +207,7 @@ def test_fer2013_truncated_csv_keeps_whole_rows_and_counts_the_cut_one(tmp_path)
   manual.mkdir()
   content = "emotion,pixels,Usage\n" + _fer_row(3, 0) + _fer_row(5, 1, "PublicTest") + _fer_row(2, 2)
   (manual / "fer2013.csv").write_text(content[:-2000])  # A download cut in the middle of the last row.
-  builder = data.build("fer2013", manual_dir=str(manual), data_dir=str(tmp_path / "data"))
+  builder = builders.build("fer2013", manual_dir=str(manual), data_dir=str(tmp_path / "data"))
   report = builder.info.metadata["build_report"]
   assert report["written"] == {"train": 1, "validation": 1}
   assert report["skipped"] == {"malformed_line": 1}
@@ -219,7 +220,7 @@ def test_fer2013_empty_csv_is_one_clear_error(tmp_path, content):
   manual.mkdir()
   (manual / "fer2013.csv").write_text(content)
   with pytest.raises(fer2013.Fer2013DataError):
-    data.build("fer2013", manual_dir=str(manual), data_dir=str(tmp_path / "data"))
+    builders.build("fer2013", manual_dir=str(manual), data_dir=str(tmp_path / "data"))
 
 
 def test_expw_empty_label_file_and_empty_image(tmp_path):
@@ -227,8 +228,8 @@ def test_expw_empty_label_file_and_empty_image(tmp_path):
   (manual / "origin").mkdir(parents=True)
   (manual / "label.lst").write_text("")
   with pytest.raises(ValueError, match="No usable faces"):
-    data.build("expw", manual_dir=str(manual), config="gray48", data_dir=str(tmp_path / "tfds"))
+    builders.build("expw", manual_dir=str(manual), config="gray48", data_dir=str(tmp_path / "tfds"))
   (manual / "origin" / "empty.jpg").write_bytes(b"")
   (manual / "label.lst").write_text("empty.jpg 0 1 1 20 20 50 2\n")
   with pytest.raises(ValueError, match="No usable faces.*1 (unreadable|truncated)_image"):
-    data.build("expw", manual_dir=str(manual), config="gray48", data_dir=str(tmp_path / "tfds2"))
+    builders.build("expw", manual_dir=str(manual), config="gray48", data_dir=str(tmp_path / "tfds2"))

@@ -7,8 +7,8 @@ import hashlib
 import numpy as np
 import pytest
 
-import tfds_builders
-from fer_jax import synthetic_faces as sf
+from fer_jax.data import faces
+from tfds_builders.synthetic_faces import drawing as sf
 
 
 def test_shapes_dtype_and_range():
@@ -24,7 +24,7 @@ def test_shapes_dtype_and_range():
 
 
 def test_label_order_matches_builders():
-  assert sf.EMOTIONS == tfds_builders.EMOTIONS
+  assert sf.EMOTIONS == faces.EMOTIONS
 
 
 def test_bad_label_raises():
@@ -89,13 +89,13 @@ def test_classes_learnable_but_not_trivial():
 
 def test_builder_tiny_config_round_trip(tmp_path):
   import tensorflow_datasets as tfds
-  from fer_jax import data
+  from fer_jax.data import builders
   from tfds_builders.synthetic_faces import synthetic_faces as builder_lib
 
-  builder = data.build("synthetic_faces", config="tiny", data_dir=str(tmp_path))
+  builder = builders.build("synthetic_faces", config="tiny", data_dir=str(tmp_path))
   config = builder.builder_config
   info = builder.info
-  assert info.features["label"].names == list(tfds_builders.EMOTIONS)
+  assert info.features["label"].names == list(faces.EMOTIONS)
   assert info.supervised_keys == ("image", "label")
   assert "SYNTHETIC" in info.description
   report = info.metadata["build_report"]

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from fer_jax import checkpointing, config_schema, eval_job, train
+from fer_jax import checkpointing, config_schema, eval_job, model_card, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -57,16 +57,17 @@ def test_train_then_eval_job_writes_reports(tmp_path, data_dir):
   assert np.isfinite(last["train_loss"]) and 0.0 <= last["val_accuracy"] <= 1.0
   assert sorted(os.listdir(checkpointing.checkpoint_dir(workdir))) == ["4", "8"]
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
-  card = json.loads((tmp_path / "run" / train.MODEL_CARD).read_text())
+  card = json.loads((tmp_path / "run" / model_card.FILENAME).read_text())
   assert card["class_names"][3] == "happy" and card["image_shape"] == [48, 48, 1]
   assert card["normalization"]["kind"] == "unit" and card["config"]["model"] == "cnn"
 
   steps = eval_job.run(config, workdir)
   assert steps == [4, 8]
   report = json.loads((tmp_path / "run/eval/validation/step_8/metrics.json").read_text())
-  assert report["plain"]["num_examples"] == train.input_pipeline.dataset_info(config).num_examples["validation"]
+  assert report["plain"]["num_examples"] == train.builders.dataset_info(config).num_examples["validation"]
   assert set(report) >= {"plain", "flip", "step"} and len(report["plain"]["per_class"]) == 7
   assert (tmp_path / "run/eval/validation/step_8/confusion_matrix.png").exists()
+  assert (tmp_path / "run/eval/validation/step_8/sample_predictions.png").exists()
   # A restarted evaluation job does not score again what it already recorded.
   assert eval_job.run(config, workdir) == []
 
@@ -94,8 +95,8 @@ def test_every_optional_path_trains_and_evaluates(tmp_path, data_dir):
 
 
 def test_balanced_class_weights(data_dir):
-  counts = train.input_pipeline.label_counts(tiny_config(data_dir))
-  assert counts.sum() == train.input_pipeline.dataset_info(tiny_config(data_dir)).num_examples["train"]
+  counts = train.stats.label_counts(tiny_config(data_dir))
+  assert counts.sum() == train.builders.dataset_info(tiny_config(data_dir)).num_examples["train"]
   weights = train.balanced_class_weights(np.array([10, 30, 0, 60]))
   np.testing.assert_allclose(weights, [100 / 3 / 10, 100 / 3 / 30, 0.0, 100 / 3 / 60], rtol=1e-6)
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from fer_jax import checkpointing, eval_job, train, workdir_guard
+from fer_jax import checkpointing, eval_job, model_card, train, workdir_guard
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from reliability_test import run_cli  # noqa: E402
@@ -56,7 +56,7 @@ def test_a_lock_left_by_a_dead_trainer_is_taken_over_with_a_warning(tmp_path, ca
 def test_rerun_with_another_setup_is_refused_before_anything_is_written(tmp_path, synthetic_tiny_dir):
   workdir = tmp_path / "run"
   assert run_cli(*cli_args(workdir, synthetic_tiny_dir)).returncode == 0
-  card = (workdir / train.MODEL_CARD).read_text()
+  card = (workdir / model_card.FILENAME).read_text()
   out = run_cli(*cli_args(workdir, synthetic_tiny_dir, "--config.batch_size=32", "--config.seed=3",
                           "--config.model_kwargs.dense_features=(64,)"))
   assert out.returncode != 0 and "Traceback" not in out.stderr
@@ -64,7 +64,7 @@ def test_rerun_with_another_setup_is_refused_before_anything_is_written(tmp_path
   assert line.startswith(f"error: {workdir} was trained with another setup"), line
   for change in ("batch_size: 64 -> 32", "seed: 0 -> 3", "model_kwargs.dense_features: [128] -> [64]"):
     assert change in line, line
-  assert (workdir / train.MODEL_CARD).read_text() == card
+  assert (workdir / model_card.FILENAME).read_text() == card
   assert sorted(os.listdir(checkpointing.checkpoint_dir(str(workdir)))) == ["4"]
   # Safe changes go through: more steps and other cadences resume the same run.
   out = run_cli(*cli_args(workdir, synthetic_tiny_dir, "--config.num_train_steps=6", "--config.log_every_steps=3"))

@@ -1,7 +1,7 @@
 """The TensorFlow-free half of the ExpW builder: label.lst parsing, the split rule, face crops.
 
-Worker processes import only this module (numpy, cv2, the standard library; PIL only on the
-rare path that checks a JPEG without an end marker), never tensorflow_datasets or jax, so
+Worker processes import only this module and fer_jax.data.faces (numpy, cv2, the standard library;
+PIL only on the rare path that checks a JPEG without an end marker), never tensorflow_datasets or jax, so
 they start in a fraction of a second. Everything here is also usable without tfds, e.g. to
 report results on the published split.
 """
@@ -24,8 +24,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
+from fer_jax.data.faces import EMOTIONS, crop_window, resize_face
+
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
-NUM_LABELS = 7  # tfds_builders.EMOTIONS; ExpW labels are the integers 0..6.
+NUM_LABELS = len(EMOTIONS)  # ExpW labels are the integers 0..6.
 
 # Skip reasons, in the order they are checked; each skipped label.lst line counts under the first.
 MALFORMED_LINE = "malformed_line"            # not 8 fields, a field that is not a number, a path as name
@@ -185,35 +187,6 @@ def parse_label_lines(lines: Iterable[str], skips: SkipLog,
   return faces, stats
 
 
-def crop_window(box: Box, height: int, width: int, margin: float) -> tuple[int, int, int, int] | None:
-  """Rows y0:y1 and columns x0:x1 to crop, or None when the box does not overlap the image.
-
-  The box (right/bottom exclusive) grows by round(margin * box height) rows above and below and
-  round(margin * box width) columns left and right (halves round up), then is clipped to the image.
-  """
-  top, left, right, bottom = box
-  if right <= 0 or bottom <= 0 or left >= width or top >= height:
-    return None
-  dy = math.floor(margin * (bottom - top) + 0.5)
-  dx = math.floor(margin * (right - left) + 0.5)
-  return max(0, top - dy), min(height, bottom + dy), max(0, left - dx), min(width, right + dx)
-
-
-def resize_face(pixels: np.ndarray, image_size: int, channels: int) -> np.ndarray:
-  """Resizes a crop to (S, S, C) uint8: INTER_AREA when shrinking both sides, else bilinear.
-
-  `pixels` is BGR (H, W, 3) for channels=3 (returned as RGB) or grey (H, W) for channels=1.
-  """
-  h, w = pixels.shape[:2]
-  interpolation = cv2.INTER_AREA if (h >= image_size and w >= image_size) else cv2.INTER_LINEAR
-  out = cv2.resize(pixels, (image_size, image_size), interpolation=interpolation)
-  if channels == 3:
-    out = cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
-  else:
-    out = out[:, :, None]
-  return np.ascontiguousarray(out, dtype=np.uint8)
-
-
 def _decode_flags(channels: int) -> int:
   # Full-resolution decode; the box coordinates refer to the stored pixels, so EXIF rotation is ignored.
   # Grey decodes straight from the JPEG luma plane (no colour conversion), which is also faster.
@@ -288,7 +261,7 @@ def crop_faces(path: str, boxes: Sequence[Box], params: CropParams) -> ImageResu
     inside.append(window is not None)
     if window is not None:
       y0, y1, x0, x1 = window
-      crops.append(resize_face(pixels[y0:y1, x0:x1], params.image_size, params.channels))
+      crops.append(resize_face(pixels[y0:y1, x0:x1], (params.image_size, params.image_size, params.channels)))
   stacked = np.stack(crops) if crops else None
   return ImageResult("ok", "", height, width, tuple(inside), stacked,
                      cpu_decode=decoded - start, cpu_crop=time.thread_time() - decoded)

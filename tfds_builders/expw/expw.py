@@ -18,7 +18,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-import tfds_builders
+from fer_jax.data.faces import EMOTIONS
 from tfds_builders.expw import crop
 
 LABEL_FILES: tuple[str, ...] = ("label.lst", "label/label.lst")
@@ -109,7 +109,7 @@ class _BuildState:
     self.splits: list[str] = []
     self.splits_done: list[str] = []
     self.images_written = {s: 0 for s in crop.SPLITS}
-    self.counts = {name: {s: 0 for s in crop.SPLITS} for name in tfds_builders.EMOTIONS}
+    self.counts = {name: {s: 0 for s in crop.SPLITS} for name in EMOTIONS}
 
   def written(self, split: str) -> int:
     return sum(by_split[split] for by_split in self.counts.values())
@@ -189,7 +189,7 @@ class Expw(tfds.core.GeneratorBasedBuilder):
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Tensor(shape=(cfg.image_size, cfg.image_size, cfg.channels),
                                           dtype=np.uint8, encoding=cfg.encoding),
-            "label": tfds.features.ClassLabel(names=tfds_builders.EMOTIONS),
+            "label": tfds.features.ClassLabel(names=EMOTIONS),
             "id": tfds.features.Text(doc="<image_name>/<face_id>, unique and stable"),
             "confidence": tfds.features.Scalar(dtype=np.float32, doc="face detector confidence"),
         }),
@@ -258,7 +258,7 @@ class Expw(tfds.core.GeneratorBasedBuilder):
                                f"{face.key}: box (top, left, right, bottom) {face.box} does not "
                                f"overlap the {result.width}x{result.height} image")
               continue
-            state.counts[tfds_builders.EMOTIONS[face.label]][split] += 1
+            state.counts[EMOTIONS[face.label]][split] += 1
             wrote = True
             yield face.key, {"image": next(crops), "label": face.label, "id": face.key,
                              "confidence": np.float32(face.confidence)}

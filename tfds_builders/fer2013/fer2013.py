@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from tfds_builders import EMOTIONS
+from fer_jax.data.faces import EMOTIONS
 
 IMAGE_SIZE = 48
 NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE

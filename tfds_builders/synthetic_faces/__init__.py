@@ -1,6 +1,6 @@
 """SYNTHETIC faces builder (no download); importing this package registers `synthetic_faces`.
 
-The drawing itself lives in `fer_jax.synthetic_faces` (numpy and OpenCV only, no tfds).
+The drawing itself is `drawing.py` (numpy and OpenCV only, no tfds).
 """
 
 from tfds_builders.synthetic_faces.synthetic_faces import SyntheticFaces, SyntheticFacesConfig

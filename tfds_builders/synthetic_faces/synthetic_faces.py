@@ -2,7 +2,7 @@
 
 The built-in default dataset, so that training, the input pipeline and the
 tests run on a fresh machine. It is NOT real data: the images come from
-`fer_jax.synthetic_faces` (cartoon faces whose mouth, brows, eyes and nose
+`tfds_builders.synthetic_faces.drawing` (cartoon faces whose mouth, brows, eyes and nose
 follow the label) and only say whether the pipeline learns, never how well a
 model recognises real expressions. Features match the FER2013 builder, so
 every consumer can swap one for the other.
@@ -22,8 +22,8 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-import tfds_builders
-from fer_jax import synthetic_faces as drawing
+from fer_jax.data.faces import EMOTIONS
+from tfds_builders.synthetic_faces import drawing
 
 # Split name -> random stream id (the position), so splits never share an image.
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -31,7 +31,7 @@ _CHUNK = 1000  # images drawn per call
 
 _DESCRIPTION = """\
 SYNTHETIC facial expressions (not real data): 48x48 grayscale cartoon faces
-drawn procedurally from a seed by fer_jax.synthetic_faces, labelled with the 7
+drawn procedurally from a seed by tfds_builders.synthetic_faces.drawing, labelled with the 7
 FER2013 classes (angry, disgust, fear, happy, sad, surprise, neutral). The
 label sets the mouth curve and opening, brow height and slant, eye opening and
 nose wrinkles; pose, face shape, hair, tones, lighting, blur, noise and
@@ -83,7 +83,7 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
             # Raw bytes like the fer2013 builder (tfds' Image feature needs TensorFlow to encode).
             "image": tfds.features.Tensor(shape=(drawing.SIZE, drawing.SIZE, 1), dtype=np.uint8,
                                           encoding=tfds.features.Encoding.BYTES),
-            "label": tfds.features.ClassLabel(names=list(tfds_builders.EMOTIONS)),
+            "label": tfds.features.ClassLabel(names=list(EMOTIONS)),
             "id": tfds.features.Text(),
         }),
         supervised_keys=("image", "label"),
@@ -118,12 +118,12 @@ def build_report(config: SyntheticFacesConfig) -> dict[str, Any]:
   """What the build drew, stored in the dataset's metadata (`python -m fer_jax.data info`)."""
   return {
       "synthetic": True,
-      "generator": "fer_jax.synthetic_faces",
+      "generator": "tfds_builders.synthetic_faces.drawing",
       "generator_version": drawing.GENERATOR_VERSION,
       "seed": config.seed,
       "difficulty": config.difficulty,
       "class_counts": {
-          split: dict(zip(tfds_builders.EMOTIONS,
+          split: dict(zip(EMOTIONS,
                           np.bincount(split_labels(config, split), minlength=drawing.NUM_CLASSES).tolist()))
           for split in SPLITS},
   }

@@ -21,8 +21,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-_BORDERS = {"reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT}
-_ERASING_FILLS = ("noise", "mean", "zero")
+BORDERS = {"reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT}
+ERASING_FILLS = ("noise", "mean", "zero")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +56,7 @@ class AugmentConfig:
   crop_padding: int = 0
   border: str = "reflect"
   erasing_prob: float = 0.0
-  erasing_area: tuple[float, float] = (0.02, 0.25)
+  erasing_area: tuple[float, float] = (0.02, 0.2)
   erasing_aspect: tuple[float, float] = (0.3, 3.3)
   erasing_fill: str = "noise"
 
@@ -67,8 +67,8 @@ class AugmentConfig:
       raise ValueError(f"zoom must be in [0, 1) (a scale range [1-zoom, 1+zoom]), got {self.zoom}.")
     if self.crop_size is not None and self.crop_size <= 0:
       raise ValueError(f"crop_size must be a positive int or None, got {self.crop_size}.")
-    if self.border not in _BORDERS:
-      raise ValueError(f"border must be one of {sorted(_BORDERS)}, got {self.border!r}.")
+    if self.border not in BORDERS:
+      raise ValueError(f"border must be one of {sorted(BORDERS)}, got {self.border!r}.")
     if not 0 <= self.erasing_prob <= 1:
       raise ValueError(f"erasing_prob must be in [0, 1], got {self.erasing_prob}.")
     lo, hi = self.erasing_area
@@ -77,29 +77,28 @@ class AugmentConfig:
     lo, hi = self.erasing_aspect
     if not 0 < lo <= hi:
       raise ValueError(f"erasing_aspect must satisfy 0 < min <= max, got {self.erasing_aspect}.")
-    if self.erasing_fill not in _ERASING_FILLS:
-      raise ValueError(f"erasing_fill must be one of {_ERASING_FILLS}, got {self.erasing_fill!r}.")
+    if self.erasing_fill not in ERASING_FILLS:
+      raise ValueError(f"erasing_fill must be one of {ERASING_FILLS}, got {self.erasing_fill!r}.")
 
   @classmethod
   def from_config(cls, cfg: Any) -> AugmentConfig:
     """Reads `config.data.augment` (ConfigDict or dict); enabled=False turns every op off."""
     if cfg is None or not cfg.get("enabled", True):
       return cls()
-    def get(key, default):
-      value = cfg.get(key, default)
-      return default if value is None and default is not None else value
+    defaults = cls()
+    get = lambda key: getattr(defaults, key) if cfg.get(key) is None else cfg[key]
     return cls(
-        rotation_deg=float(get("rotation_deg", 0.0)),
-        shift=float(get("shift", 0.0)),
-        zoom=float(get("zoom", 0.0)),
-        hflip=bool(get("hflip", False)),
+        rotation_deg=float(get("rotation_deg")),
+        shift=float(get("shift")),
+        zoom=float(get("zoom")),
+        hflip=bool(get("hflip")),
         crop_size=int(cfg["crop_size"]) if cfg.get("crop_size") else None,
-        crop_padding=int(get("crop_padding", 0)),
-        border=str(get("border", "reflect")),
-        erasing_prob=float(get("erasing_prob", 0.0)),
-        erasing_area=tuple(float(v) for v in get("erasing_area", (0.02, 0.25))),
-        erasing_aspect=tuple(float(v) for v in get("erasing_aspect", (0.3, 3.3))),
-        erasing_fill=str(get("erasing_fill", "noise")),
+        crop_padding=int(get("crop_padding")),
+        border=str(get("border")),
+        erasing_prob=float(get("erasing_prob")),
+        erasing_area=tuple(float(v) for v in get("erasing_area")),
+        erasing_aspect=tuple(float(v) for v in get("erasing_aspect")),
+        erasing_fill=str(get("erasing_fill")),
     )
 
   @property
@@ -163,7 +162,7 @@ def geometric(images: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) 
   matrices = inverse_affine_matrices(rng, n, height, width, cfg)
   out = np.empty((n, out_h, out_w, channels), images.dtype)
   flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-  border = _BORDERS[cfg.border]
+  border = BORDERS[cfg.border]
   for i in range(n):
     # cv2 drops a trailing channel axis of 1, so gray images are written through a 2-D view.
     cv2.warpAffine(images[i], matrices[i], (out_w, out_h), dst=out[i] if channels > 1 else out[i, :, :, 0],

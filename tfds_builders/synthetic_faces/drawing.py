@@ -27,8 +27,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-# Same order as tfds_builders.EMOTIONS (kept literal so this module needs no tfds).
-EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+from fer_jax.data.faces import EMOTIONS
+
 NUM_CLASSES = len(EMOTIONS)
 SIZE = 48
 # Bump when the pixels a seed gives change: datasets record it in their build report.

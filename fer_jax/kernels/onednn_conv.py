@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-from fer_jax import im2col_conv
+from fer_jax.kernels import im2col_conv
 
 _PACKAGE = "onednn-cpu-gomp"
 _LIBRARY = "libdnnl.so.3"

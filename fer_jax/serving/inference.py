@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from typing import Any, Callable, Sequence
 
@@ -35,10 +34,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fer_jax import checkpoint_checksums
+from fer_jax import checkpoint_checksums, evaluation  # evaluation: TTA here is exactly what the eval job scores
+from fer_jax import model_card as model_card_lib
+from fer_jax.data import faces
+from fer_jax.model_card import ModelLoadError
 
-MODEL_CARD = "model.json"  # fer_jax.train.MODEL_CARD (not imported: that pulls in the input pipeline)
-TTA_CHOICES = ("none", "flip", "ten_crop")
+TTA_CHOICES = ("none", *evaluation.TTA_VIEWS)  # "none", then the evaluation job's views
 
 # Builder margin when model.json has no `face_margin` (tfds_builders/expw/expw.py ExpwConfig.margin).
 DEFAULT_DATASET_MARGIN = {"expw": 0.2}
@@ -46,10 +47,6 @@ DEFAULT_DATASET_MARGIN = {"expw": 0.2}
 HAAR_BOX_TO_DATASET_BOX = {"expw": 0.91}
 
 Box = tuple[int, int, int, int]  # x, y, w, h in pixels of the image it was found in
-
-
-class ModelLoadError(Exception):
-  """The model or its checkpoint cannot be loaded; the message says what to fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,13 +100,12 @@ class Preprocessing:
     """
     if box is not None:
       x, y, w, h = box
-      dx, dy = math.floor(self.margin * w + 0.5), math.floor(self.margin * h + 0.5)
-      ih, iw = image.shape[:2]
-      x0, y0, x1, y1 = max(0, x - dx), max(0, y - dy), min(iw, x + w + dx), min(ih, y + h + dy)
-      if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"box {box} does not overlap the {iw}x{ih} image")
+      window = faces.crop_window((y, x, x + w, y + h), image.shape[0], image.shape[1], self.margin)
+      if window is None:
+        raise ValueError(f"box {box} does not overlap the {image.shape[1]}x{image.shape[0]} image")
+      y0, y1, x0, x1 = window
       image = image[y0:y1, x0:x1]
-    return resize_face(image, self.image_shape)
+    return faces.resize_face(image, self.image_shape)
 
 
 def default_margin(card: dict[str, Any]) -> float:
@@ -122,30 +118,12 @@ def default_margin(card: dict[str, Any]) -> float:
   return ((1.0 + 2.0 * float(margin)) * scale - 1.0) / 2.0
 
 
-def resize_face(pixels: np.ndarray, image_shape: Sequence[int]) -> np.ndarray:
-  """BGR or grey pixels -> uint8 (H, W, C) as the builders make them (RGB when C = 3)."""
-  height, width, channels = image_shape
-  if pixels.ndim == 3 and pixels.shape[2] == 4:
-    pixels = cv2.cvtColor(pixels, cv2.COLOR_BGRA2BGR)
-  if channels == 1 and pixels.ndim == 3:
-    pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)
-  elif channels == 3:
-    pixels = cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB if pixels.ndim == 2 else cv2.COLOR_BGR2RGB)
-  h, w = pixels.shape[:2]
-  interpolation = cv2.INTER_AREA if (h >= height and w >= width) else cv2.INTER_LINEAR
-  if (h, w) != (height, width):
-    pixels = cv2.resize(pixels, (width, height), interpolation=interpolation)
-  return pixels.reshape(height, width, channels)
-
-
 def probabilities_fn(apply_fn: Callable, prep: Preprocessing, tta: str = "none"
                      ) -> Callable[[Any, jnp.ndarray], jnp.ndarray]:
   """(variables, uint8 [N, H, W, C]) -> float32 probabilities [N, K], all preprocessing inside.
 
   Pure jax (no numpy constants that depend on N), so it also exports with a symbolic batch.
   """
-  from fer_jax import evaluation  # The evaluation job's views: TTA here is exactly what it scores.
-
   if tta not in TTA_CHOICES:
     raise ValueError(f"tta={tta!r} is not one of {', '.join(TTA_CHOICES)}.")
   if tta == "ten_crop" and not prep.crop_size:
@@ -156,7 +134,7 @@ def probabilities_fn(apply_fn: Callable, prep: Preprocessing, tta: str = "none"
 
   def probabilities(variables: Any, images: jnp.ndarray) -> jnp.ndarray:
     x = images.astype(jnp.float32) / jnp.float32(255.0)  # augment.to_float: exactly x / 255
-    if mean is not None:  # input_pipeline.Normalizer
+    if mean is not None:  # stats.Normalizer
       x = (x - mean) * inv_std
     views = view(x, prep.crop_size)
     return jnp.mean(jnp.stack([jax.nn.softmax(apply_fn(variables, v, train=False)) for v in views]), axis=0)
@@ -236,35 +214,11 @@ class LoadedModel:
                           batch_size=batch_size, tta=tta)
 
 
-def read_model_card(path: str) -> dict[str, Any]:
-  """model.json as a dict, or ModelLoadError saying what is missing."""
-  if not os.path.isfile(path):
-    raise ModelLoadError(
-        f"{path} not found. It is written by the trainer when training starts (fer_jax.train."
-        "write_model_card); pass the training workdir (--workdir) or a step directory inside "
-        "WORKDIR/checkpoints (--checkpoint), or --model_card PATH if you moved it.")
-  try:
-    with open(path) as f:
-      card = json.load(f)
-  except (OSError, ValueError) as e:
-    raise ModelLoadError(f"{path} is not readable JSON ({e}).") from e
-  missing = [k for k in ("class_names", "num_classes", "image_shape", "config") if k not in card]
-  if missing:
-    raise ModelLoadError(f"{path} lacks {', '.join(missing)}: rewrite it by restarting training from this workdir.")
-  return card
-
-
-def _finalized_steps(checkpoint_root: str) -> list[int]:
-  """Steps orbax finished writing (temporary directories of saves in progress have non-numeric names)."""
-  if not os.path.isdir(checkpoint_root):
-    return []
-  return sorted(int(name) for name in os.listdir(checkpoint_root)
-                if name.isdigit() and os.path.isdir(os.path.join(checkpoint_root, name, "state")))
-
-
 def resolve_checkpoint(workdir: str | None = None, checkpoint: str | None = None, step: int | None = None,
                        model_card: str | None = None) -> tuple[str, int | None, str]:
   """(step directory, step, model.json path) from --workdir [--step] or --checkpoint."""
+  from fer_jax import checkpointing  # pylint: disable=g-import-not-at-top  (grain and orbax: only when asked)
+
   if (workdir is None) == (checkpoint is None):
     raise ModelLoadError("Give exactly one of a training workdir or a checkpoint step directory.")
   if checkpoint is not None:
@@ -273,18 +227,19 @@ def resolve_checkpoint(workdir: str | None = None, checkpoint: str | None = None
       raise ModelLoadError(f"checkpoint {checkpoint} does not exist: pass a step directory such as "
                            "WORKDIR/checkpoints/<step>.")
     if not os.path.isdir(os.path.join(checkpoint, "state")):
-      steps = _finalized_steps(checkpoint) or _finalized_steps(os.path.join(checkpoint, "checkpoints"))
+      steps = checkpointing.finalized_steps(checkpoint) or checkpointing.finalized_steps(
+          checkpointing.checkpoint_dir(checkpoint))
       hint = f" (it holds steps {steps}: add /<step>, or use --workdir)" if steps else ""
       raise ModelLoadError(f"{checkpoint} is not a checkpoint step directory: it has no 'state' "
                            f"subdirectory{hint}.")
     name = os.path.basename(checkpoint)
-    card = model_card or os.path.join(os.path.dirname(os.path.dirname(checkpoint)), MODEL_CARD)
+    card = model_card or model_card_lib.path_in(os.path.dirname(os.path.dirname(checkpoint)))
     return checkpoint, int(name) if name.isdigit() else None, card
   workdir = os.path.abspath(workdir)
   if not os.path.isdir(workdir):
     raise ModelLoadError(f"workdir {workdir} does not exist.")
-  root = os.path.join(workdir, "checkpoints")
-  steps = _finalized_steps(root)
+  root = checkpointing.checkpoint_dir(workdir)
+  steps = checkpointing.finalized_steps(root)
   if not steps:
     raise ModelLoadError(f"no finished checkpoint in {root}: train first (checkpoints are saved every "
                          "config.checkpoint_every_steps and at the end).")
@@ -292,16 +247,7 @@ def resolve_checkpoint(workdir: str | None = None, checkpoint: str | None = None
     step = steps[-1]
   elif step not in steps:
     raise ModelLoadError(f"step {step} is not in {root}; available steps: {', '.join(map(str, steps))}.")
-  return os.path.join(root, str(step)), step, model_card or os.path.join(workdir, MODEL_CARD)
-
-
-def _tuples(value: Any) -> Any:
-  # JSON turned the config's tuples into lists; flax module fields want them hashable.
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  return value
+  return checkpointing.step_dir(workdir, step), step, model_card or model_card_lib.path_in(workdir)
 
 
 def _shapes_mismatch(expected: Any, stored: Any) -> list[str]:
@@ -325,17 +271,14 @@ def model_from_card(card: dict[str, Any], card_path: str, *, margin: float | Non
   The abstract variables ({"params": ..., "batch_stats": ...} as ShapeDtypeStructs on
   one device) are what a checkpoint or a bundled parameter file must fill.
   """
-  import ml_collections
+  from fer_jax import model_factory  # pylint: disable=g-import-not-at-top
 
-  from fer_jax import train
-
-  config = ml_collections.ConfigDict(_tuples(card["config"]))
+  config = model_card_lib.config_of(card)
   if dtype is not None:
     config.dtype = dtype
-  config.conv_impl = "xla"  # Inference uses XLA's own convolutions: no oneDNN handlers to build.
   prep = Preprocessing.from_card(card, margin)
   try:
-    model = train.create_model(config, int(card["num_classes"]))
+    model = model_factory.create_model(config, int(card["num_classes"]))  # flax's own kernels
   except (ValueError, TypeError) as e:
     raise ModelLoadError(f"cannot build the model from {card_path}: {e}") from e
   sample = jnp.zeros((1, *prep.input_shape), jnp.float32)
@@ -359,7 +302,7 @@ def load(workdir: str | None = None, *, checkpoint: str | None = None, step: int
   import orbax.checkpoint as ocp
 
   step_dir, step, card_path = resolve_checkpoint(workdir, checkpoint, step, model_card)
-  card = read_model_card(card_path)
+  card = model_card_lib.read(card_path)
   model, prep, abstract = model_from_card(card, card_path, margin=margin, dtype=dtype)
   config = card["config"]
 

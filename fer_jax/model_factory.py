@@ -1,0 +1,89 @@
+"""Building a model and its training state from a config.
+
+The trainer, the evaluation job, inference and export all build here, so a
+checkpoint always meets the state it was saved from. Training asks for
+fer_jax.kernels' CPU kernels; everything else takes flax's defaults (the
+parameters are the same).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+
+from fer_jax import kernels, models, optimizers
+
+
+class TrainState(train_state.TrainState):
+  """Parameters, optimizer state and step, plus batch-norm statistics (empty for models without BN)."""
+  batch_stats: Any = None
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int,
+                 model_kernels: kernels.Kernels = kernels.DEFAULTS) -> nn.Module:
+  """config.model with config.model_kwargs; `model_kernels` (kernels.select) for training, defaults otherwise."""
+  dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+  fields = {f.name for f in dataclasses.fields(models.MODELS[config.model])} if config.model in models.MODELS else set()
+  kernel_kwargs = {k: v for k, v in model_kernels.model_kwargs().items() if k in fields}
+  return models.create_model(config.model, num_classes=num_classes, dtype=dtype, **kernel_kwargs,
+                             **config.model_kwargs.to_dict())
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
+  return max(1, num_train_examples // config.batch_size)
+
+
+def total_train_steps(config: ml_collections.ConfigDict, epoch_steps: int) -> int:
+  if config.smoke_test:
+    return 6
+  if config.num_train_steps > 0:
+    return int(config.num_train_steps)
+  return max(1, int(math.ceil(config.num_epochs * epoch_steps)))
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, ...],
+                       seed: int) -> TrainState:
+  variables = model.init({"params": jax.random.key(seed)}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                           batch_stats=variables.get("batch_stats", {}))
+
+
+def model_variables(state: TrainState) -> dict[str, Any]:
+  """What `model.apply` needs for inference."""
+  return {"params": state.params, "batch_stats": state.batch_stats} if state.batch_stats else {"params": state.params}
+
+
+@dataclasses.dataclass
+class TrainingSetup:
+  """A model with its optimizer, schedule and step counts, and how to make (or describe) its state."""
+  model: nn.Module
+  schedule: optax.Schedule
+  tx: optax.GradientTransformation
+  steps_per_epoch: int
+  total_steps: int
+  init: Callable[[], TrainState]
+
+  def abstract_state(self, sharding: jax.sharding.Sharding) -> Any:
+    """The state's shapes and dtypes placed with `sharding`: what a checkpoint restores onto."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), jax.eval_shape(self.init))
+
+
+def training_setup(config: ml_collections.ConfigDict, info: Any,
+                   model_kernels: kernels.Kernels = kernels.DEFAULTS) -> TrainingSetup:
+  """Everything the state of a run on dataset `info` (data.builders.DatasetInfo) depends on."""
+  epoch_steps = steps_per_epoch(config, info.num_examples[config.data.train_split])
+  total = total_train_steps(config, epoch_steps)
+  model = create_model(config, info.num_classes, model_kernels)
+  schedule = optimizers.create_schedule(config, epoch_steps, total)
+  tx = optimizers.create_optimizer(config, schedule, epoch_steps)
+  init = functools.partial(create_train_state, model, tx, info.image_shape, config.seed)
+  return TrainingSetup(model, schedule, tx, epoch_steps, total, init)

@@ -1,0 +1,227 @@
+"""A self-contained inference artifact: serialized StableHLO (jax.export), parameters, preprocessing.
+
+    python -m fer_jax.export --workdir runs/fer2013_cnn --output fer2013_cnn.fer [--step N] [--tta flip]
+
+The artifact is a directory:
+  exported.bin  jax.export serialization of probabilities(leaves, faces) -> [b, K]:
+                faces are uint8 [b, H, W, C] (b symbolic: any batch size),
+                cropped and resized as model.json "preprocessing" says; the
+                function does the rest (/255, normalization, centre crop, TTA,
+                softmax). Lowered for cpu, cuda and tpu by default.
+  params.npz    the model's variables as numpy arrays, named by tree path, in
+                the order model.json "leaves" lists (the function's first argument).
+  model.json    format, class names, preprocessing, tta, source checkpoint, step,
+                platforms and the jax version that exported it.
+
+Loading needs only jax and numpy: `fer_jax.serving.export.load(path)` imports neither
+flax nor fer_jax's model or training code (this module imports them only to
+export), so the artifact serves from a minimal environment:
+
+    model = fer_jax.serving.export.load("fer2013_cnn.fer")
+    probs = model(faces)            # uint8 [N, 48, 48, 1] -> float32 [N, 7]
+    model.class_names, model.preprocessing
+
+Serialization needs the `flatbuffers` package (a jax.export requirement).
+A jax older than the exporter's may refuse the artifact; re-export then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+FORMAT = "fer_jax.export"
+FORMAT_VERSION = 1
+EXPORTED_FILE = "exported.bin"
+PARAMS_FILE = "params.npz"
+METADATA_FILE = "model.json"
+DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
+
+
+class ExportError(Exception):
+  """The artifact cannot be written or read; the message says what to do."""
+
+
+def _require_flatbuffers() -> None:
+  try:
+    import flatbuffers  # noqa: F401  (jax.export's serialization format)
+  except ImportError as e:
+    raise ExportError("jax.export serialization needs the 'flatbuffers' package: pip install flatbuffers") from e
+
+
+def export_model(loaded: Any, output: str, *, tta: str = "none", platforms: Sequence[str] = DEFAULT_PLATFORMS,
+                 overwrite: bool = False) -> str:
+  """Writes the artifact of an inference.LoadedModel to directory `output`; returns its path."""
+  import jax
+  import jax.numpy as jnp
+
+  from fer_jax.serving import inference
+
+  _require_flatbuffers()
+  output = os.path.abspath(output)
+  if os.path.exists(output) and not overwrite:
+    raise ExportError(f"{output} exists: remove it or pass --overwrite.")
+  prep = loaded.prep
+  probabilities = inference.probabilities_fn(loaded.model.apply, prep, tta)
+  named, treedef = jax.tree_util.tree_flatten_with_path(loaded.variables)
+  names = [jax.tree_util.keystr(path, simple=True, separator="/") for path, _ in named]
+  leaves = [np.asarray(x) for _, x in named]
+
+  def serve(leaves: list[jax.Array], faces: jax.Array) -> jax.Array:
+    return probabilities(jax.tree.unflatten(treedef, leaves), faces)
+
+  batch, = jax.export.symbolic_shape("b")
+  arg_specs = ([jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves],
+               jax.ShapeDtypeStruct((batch, *prep.image_shape), jnp.uint8))
+  try:
+    exported = jax.export.export(jax.jit(serve), platforms=tuple(platforms))(*arg_specs)
+  except Exception as e:  # lowering errors name the platform or op that failed
+    raise ExportError(f"jax.export failed for platforms {list(platforms)}: {type(e).__name__}: {e}") from e
+  metadata = {
+      "format": FORMAT, "format_version": FORMAT_VERSION,
+      "class_names": list(prep.class_names),
+      "preprocessing": prep.to_json(),
+      "tta": tta,
+      "input": {"shape": ["b", *prep.image_shape], "dtype": "uint8"},
+      "leaves": names,
+      "platforms": list(exported.platforms),
+      "source": {"checkpoint": loaded.checkpoint, "step": loaded.step, "dataset": loaded.card.get("dataset"),
+                 "model": loaded.card["config"].get("model"),
+                 "compute_dtype": loaded.card["config"].get("dtype")},
+      "jax_version": jax.__version__,
+  }
+  tmp = output + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  with open(os.path.join(tmp, EXPORTED_FILE), "wb") as f:
+    f.write(exported.serialize())
+  np.savez(os.path.join(tmp, PARAMS_FILE), **{f"leaf_{i:04d}": x for i, x in enumerate(leaves)})
+  with open(os.path.join(tmp, METADATA_FILE), "w") as f:
+    json.dump(metadata, f, indent=2)
+  if os.path.exists(output):
+    shutil.rmtree(output)
+  os.replace(tmp, output)
+  return output
+
+
+class ExportedModel:
+  """A loaded artifact: call it on uint8 faces [N, H, W, C] for float32 probabilities [N, K]."""
+
+  def __init__(self, path: str, exported: Any, leaves: list[np.ndarray], metadata: dict[str, Any]):
+    import jax
+
+    self.path = path
+    self.metadata = metadata
+    self.exported = exported
+    self.leaves = [jax.device_put(x) for x in leaves]
+    self._call = jax.jit(exported.call)
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    return tuple(self.metadata["class_names"])
+
+  @property
+  def preprocessing(self) -> dict[str, Any]:
+    """image_shape, crop_size, normalization, mean, std, margin: see fer_jax/serving/inference.py."""
+    return self.metadata["preprocessing"]
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.preprocessing["image_shape"])
+
+  @property
+  def tta(self) -> str:
+    return self.metadata["tta"]
+
+  def probabilities(self, leaves: Any, faces: Any) -> Any:
+    """The exported function itself (jit-compiled per batch size)."""
+    return self._call(leaves, faces)
+
+  def __call__(self, faces: np.ndarray) -> np.ndarray:
+    faces = np.asarray(faces)
+    if faces.dtype != np.uint8 or faces.ndim != 4 or faces.shape[1:] != self.image_shape:
+      raise ValueError(f"faces must be uint8 [N, {', '.join(map(str, self.image_shape))}], got "
+                       f"{faces.dtype} {list(faces.shape)}.")
+    return np.asarray(self._call(self.leaves, faces))
+
+  def classifier(self, *, batch_size: int = 32, tta: str = "none", margin: float | None = None) -> Any:
+    """An inference.FaceClassifier over this artifact, for fer_jax.predict (imports cv2, not flax)."""
+    import dataclasses
+
+    from fer_jax.serving import inference
+
+    if tta not in ("none", self.tta):
+      raise ExportError(f"{self.path} was exported with tta={self.tta!r}; re-export with --tta {tta} for that.")
+    prep = inference.Preprocessing.from_json(self.preprocessing)
+    if margin is not None:
+      prep = dataclasses.replace(prep, margin=float(margin))
+    return inference.FaceClassifier(self.probabilities, self.leaves, prep, batch_size=batch_size, tta=self.tta)
+
+
+def load(path: str) -> ExportedModel:
+  """Reads an artifact with jax.export.deserialize and numpy only (no flax, no fer_jax model code)."""
+  import jax
+
+  meta_path = os.path.join(path, METADATA_FILE)
+  if not os.path.isfile(meta_path):
+    raise ExportError(f"{path} is not a fer_jax export: {METADATA_FILE} is missing "
+                      "(make one with python -m fer_jax.export).")
+  with open(meta_path) as f:
+    metadata = json.load(f)
+  if metadata.get("format") != FORMAT or metadata.get("format_version", 0) > FORMAT_VERSION:
+    raise ExportError(f"{meta_path} is format {metadata.get('format')!r} version "
+                      f"{metadata.get('format_version')}; this fer_jax reads {FORMAT!r} up to {FORMAT_VERSION}.")
+  _require_flatbuffers()
+  try:
+    with open(os.path.join(path, EXPORTED_FILE), "rb") as f:
+      exported = jax.export.deserialize(bytearray(f.read()))
+  except Exception as e:
+    raise ExportError(f"cannot deserialize {os.path.join(path, EXPORTED_FILE)} with jax {jax.__version__} "
+                      f"(exported with jax {metadata.get('jax_version')}): {type(e).__name__}: {e}") from e
+  platform = jax.default_backend()
+  if platform not in exported.platforms:
+    raise ExportError(f"{path} was exported for {list(exported.platforms)}, not for this {platform} backend: "
+                      f"re-export with --platforms {platform}.")
+  with np.load(os.path.join(path, PARAMS_FILE)) as params:
+    leaves = [params[f"leaf_{i:04d}"] for i in range(len(metadata["leaves"]))]
+  return ExportedModel(path, exported, leaves, metadata)
+
+
+def main(argv: list[str] | None = None) -> int:
+  p = argparse.ArgumentParser(prog="python -m fer_jax.export", description=__doc__.split("\n\n")[0])
+  p.add_argument("--workdir", help="training workdir (latest checkpoint, or --step)")
+  p.add_argument("--checkpoint", help="one step directory, WORKDIR/checkpoints/<step>")
+  p.add_argument("--step", type=int)
+  p.add_argument("--model_card", help="model.json to use instead of the workdir's")
+  p.add_argument("--output", required=True, help="artifact directory to write, e.g. model.fer")
+  p.add_argument("--tta", choices=("none", "flip", "ten_crop"), default="none", help="baked into the function")
+  p.add_argument("--margin", type=float, help="face box margin recorded for detection (default: the dataset's)")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype instead of the config's")
+  p.add_argument("--platforms", default=",".join(DEFAULT_PLATFORMS), help="comma-separated: cpu,cuda,tpu")
+  p.add_argument("--overwrite", action="store_true")
+  args = p.parse_args(argv)
+  import logging
+  logging.getLogger("absl").setLevel(logging.ERROR)
+  from fer_jax.serving import inference
+
+  try:
+    loaded = inference.load(args.workdir, checkpoint=args.checkpoint, step=args.step, model_card=args.model_card,
+                            margin=args.margin, dtype=args.dtype)
+    path = export_model(loaded, args.output, tta=args.tta, overwrite=args.overwrite,
+                        platforms=[x.strip() for x in args.platforms.split(",") if x.strip()])
+  except (inference.ModelLoadError, ExportError, ValueError) as e:
+    print(f"export: error: {e}", file=sys.stderr)
+    return 2
+  print(f"export: wrote {path} (step {loaded.step}, {len(loaded.prep.class_names)} classes, "
+        f"faces uint8 [b, {', '.join(map(str, loaded.prep.image_shape))}])", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,386 @@
+"""Command line: the facial expression of every face in images, folders and videos.
+
+    python -m fer_jax.predict photo.jpg                 # the model bundled with fer_jax (docs/MODEL_CARD.md)
+    python -m fer_jax.predict --workdir runs/fer2013_cnn photo.jpg holiday/ clip.mp4 > faces.csv
+    python -m fer_jax.predict --checkpoint runs/fer2013_cnn/checkpoints/9000 --format jsonl crops/ --no-detect
+    python -m fer_jax.predict --exported model.fer --annotate annotated/ clip.mp4 --output faces.csv
+
+One output row per face: file, frame (0 for images), face (index in the
+frame), the box x, y, w, h, the label and one probability column per class;
+inputs that fail get a row with `error` set (and a line on stderr), and the
+rest go on. Exit status: 0 when at least one input was read, 1 when none could
+be (missing, unreadable, empty folders), 2 when the model, the checkpoint or
+the face detector cannot be loaded, the arguments are wrong or an output
+destination is not writable, 3 when writing an output failed midway (a full
+disk): then no partial output file is left (fer_jax/serving/predict_output.py).
+See docs/PREDICTION.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import time
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+
+from fer_jax.serving import face_detection, inference, pretrained, smoothing
+from fer_jax.serving.predict_output import AnnotatedVideo, OutputError, RowWriter, check_writable, draw, write_image
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm",
+                              ".ppm", ".pbm", ".pnm", ".jp2"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv",
+                              ".flv", ".3gp"})
+NO_FACE = "no face found"
+SHOW_WINDOW = "fer_jax predict (q or Esc: stop)"
+Box = inference.Box
+
+
+@dataclasses.dataclass
+class Row:
+  """One output line: a classified face, or an input that failed (`error` set)."""
+  file: str
+  frame: int | None = None
+  face: int | None = None
+  box: Box | None = None
+  label: str | None = None
+  probabilities: np.ndarray | None = None
+  error: str | None = None
+
+
+class Predictor:
+  """Detects, crops and classifies the faces of images and video frames."""
+
+  def __init__(self, classifier: inference.FaceClassifier, detector: Callable[[np.ndarray], list[Box]] | None,
+               image_detector: Callable[[np.ndarray], list[Box]] | None = None, *, smooth: int = 1,
+               show: bool = False):
+    self.classifier = classifier
+    self.smooth = smooth  # video and camera frames: mean probabilities over a face's last `smooth` frames
+    self.show = show  # draw video and camera frames in a window (q or Esc stops)
+    self.detector = detector  # for video frames; None: every image or frame is one face
+    self.image_detector = image_detector or detector  # for still images
+    self.prep = classifier.prep
+    self.last_read = False  # whether the last image() or video() input could be decoded
+
+  def frame(self, image: np.ndarray, detector: Callable[[np.ndarray], list[Box]] | None = None
+            ) -> tuple[list[Box], np.ndarray]:
+    """Boxes and probabilities [faces, K] of one BGR or grey video frame: the real-time unit of work."""
+    detector = detector or self.detector
+    if detector is None:
+      boxes = [(0, 0, image.shape[1], image.shape[0])]
+      faces = [self.prep.face_pixels(image)]
+    else:
+      boxes = detector(image)
+      faces = [self.prep.face_pixels(image, box) for box in boxes]
+    if not faces:
+      return [], np.zeros((0, len(self.prep.class_names)), np.float32)
+    return boxes, self.classifier(np.stack(faces))
+
+  def rows(self, name: str, frame: int, boxes: list[Box], probs: np.ndarray) -> list[Row]:
+    names = self.prep.class_names
+    return [Row(name, frame, i, tuple(int(v) for v in box), names[int(np.argmax(p))], p)
+            for i, (box, p) in enumerate(zip(boxes, probs))]
+
+  def image(self, path: str, name: str, annotate_to: str | None = None) -> list[Row]:
+    """Rows of one image file: its faces, or one row with the error."""
+    image, error = read_image(path)
+    self.last_read = image is not None
+    if image is None:
+      return [Row(name, error=error)]
+    boxes, probs = self.frame(image, self.image_detector)
+    if annotate_to:
+      write_image(annotate_to, draw(image, boxes, probs, self.prep.class_names))
+    if not boxes:
+      return [Row(name, frame=0, error=NO_FACE)]
+    return self.rows(name, 0, boxes, probs)
+
+  def video(self, path: str | int, name: str, annotate_to: str | None = None) -> Iterator[Row]:
+    """Rows of every frame's faces (frames without faces give none), or one row with the error.
+
+    `path` is a video file, or a camera index (an OpenCV capture device); rows come as frames do.
+    """
+    capture = cv2.VideoCapture(path)
+    ok, image = capture.read() if capture.isOpened() else (False, None)
+    self.last_read = bool(ok)
+    if not ok:
+      capture.release()
+      yield Row(name, error=f"cannot read camera {path}" if isinstance(path, int) else
+                "cannot read video (not a video, or this OpenCV has no decoder for it)")
+      return
+    smoother = smoothing.FaceSmoother(self.smooth) if self.smooth > 1 else None
+    writer = None
+    if annotate_to:
+      try:
+        writer = AnnotatedVideo(annotate_to, capture.get(cv2.CAP_PROP_FPS), (image.shape[1], image.shape[0]))
+      except OutputError:
+        capture.release()
+        raise
+    index, with_faces, finished = 0, 0, False
+    try:
+      while ok:
+        boxes, probs = self.frame(image)
+        if smoother is not None:
+          probs = smoother(boxes, probs)
+        with_faces += bool(boxes)
+        if writer is not None or self.show:
+          annotated = draw(image, boxes, probs, self.prep.class_names)
+          if writer is not None:
+            writer.write(annotated)
+          if self.show:
+            cv2.imshow(SHOW_WINDOW, annotated)
+            if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+              break
+        yield from self.rows(name, index, boxes, probs)
+        index += 1
+        ok, image = capture.read()
+      finished = True
+    finally:
+      capture.release()
+      if writer is not None:
+        writer.close(commit=finished)
+    if not with_faces:
+      yield Row(name, error=f"{NO_FACE} in any of the {index} frames")
+
+
+def read_image(path: str) -> tuple[np.ndarray | None, str]:
+  """(BGR uint8 pixels, "") or (None, why not), for any file name; EXIF orientation applied."""
+  try:
+    data = np.fromfile(path, np.uint8)
+  except OSError as e:
+    return None, f"cannot read file: {e.strerror or e}"
+  if data.size == 0:
+    return None, "empty file"
+  # IMREAD_COLOR: grey images come back with three equal channels, which BGR->grey maps back exactly.
+  image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+  if image is None or image.size == 0:
+    return None, f"not a decodable image ({data.size} bytes)"
+  return image, ""
+
+
+@dataclasses.dataclass
+class Input:
+  """One file to process (kind image/video), or an error about a command-line argument."""
+  kind: str  # image, video or error
+  path: str | int  # int: a camera index
+  name: str  # as shown in the output: the argument, or the argument joined with the path inside it
+  annotate_name: str = ""  # relative path under --annotate
+  error: str = ""
+
+
+def media_kind(path: str) -> str | None:
+  ext = os.path.splitext(path)[1].lower()
+  return "image" if ext in IMAGE_EXTENSIONS else "video" if ext in VIDEO_EXTENSIONS else None
+
+
+def expand_inputs(arguments: list[str]) -> Iterator[Input]:
+  """Files of the command line in order; folders recursively (sorted), images and videos only."""
+  for arg in arguments:
+    if os.path.isdir(arg):
+      top = os.path.basename(os.path.normpath(os.path.abspath(arg)))
+      found = 0
+      for root, dirs, files in os.walk(arg):
+        dirs.sort()
+        for file in sorted(files):
+          path = os.path.join(root, file)
+          kind = media_kind(file)
+          if kind:
+            found += 1
+            yield Input(kind, path, path, os.path.join(top, os.path.relpath(path, arg)))
+      if not found:
+        yield Input("error", arg, arg, error="no image or video files in this folder")
+    elif os.path.exists(arg):
+      yield Input(media_kind(arg) or "image", arg, arg, os.path.basename(arg))
+    else:
+      yield Input("error", arg, arg, error="no such file or directory")
+
+
+def _annotated_video_name(name: str) -> str:
+  return os.path.splitext(name)[0] + ".mp4"
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="python -m fer_jax.predict", description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog="Exit status: 0 some input read; 1 no input could be read; 2 model, detector, arguments or an "
+             "unwritable destination; 3 an output write failed midway (no partial file is left).")
+  src = p.add_argument_group("model (at most one; default: the bundled fer2013_cpu model)")
+  src.add_argument("--pretrained", metavar="NAME", help="a model bundled with fer_jax (fer_jax/serving/weights/NAME)")
+  src.add_argument("--workdir", help="training workdir: WORKDIR/model.json and the latest checkpoint (or --step)")
+  src.add_argument("--checkpoint", help="one step directory, WORKDIR/checkpoints/<step>")
+  src.add_argument("--exported", help="an artifact of python -m fer_jax.export (no flax needed)")
+  p.add_argument("--step", type=int, help="with --workdir: this step instead of the latest")
+  p.add_argument("--model_card", help="model.json to use instead of the workdir's")
+  p.add_argument("inputs", nargs="*", metavar="INPUT", help="image or video files, or folders (recursive)")
+  live = p.add_argument_group("video and camera")
+  live.add_argument("--camera", metavar="N", help="read OpenCV capture device N (0: the default webcam; a video "
+                    "file or stream URL also works); rows are written as frames come, Ctrl+C stops")
+  live.add_argument("--show", action="store_true", help="draw boxes and labels in a window (needs a display)")
+  live.add_argument("--smooth", type=int, default=1, metavar="K",
+                    help="mean each face's probabilities over its last K frames (faces followed by box overlap)")
+  p.add_argument("--output", "-o", help="write rows here instead of stdout")
+  p.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+  p.add_argument("--annotate", metavar="OUT_DIR", help="write copies with boxes and labels drawn (videos as mp4)")
+  p.add_argument("--no-detect", "--no_detect", dest="no_detect", action="store_true",
+                 help="each image or frame is already one face crop: no detection")
+  p.add_argument("--tta", choices=inference.TTA_CHOICES, default="none",
+                 help="test-time augmentation: flip averages the softmax of the face and its mirror image")
+  p.add_argument("--batch_size", type=int, default=32, help="most faces per compiled call (a power of two)")
+  p.add_argument("--margin", type=float, help="fraction of the detected box added on each side "
+                 "(default: what reproduces the training crops, see docs/PREDICTION.md)")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype instead of the config's")
+  det = p.add_argument_group("face detector (OpenCV Haar cascade)")
+  det.add_argument("--detect_size", type=int,
+                   help="longer side searched for faces, in pixels (0 = full size; default: video frames "
+                   "320, images their own size within 320..960)")
+  det.add_argument("--min_face", type=float, default=0.0,
+                   help="smallest face as a fraction of the searched image's shorter side")
+  det.add_argument("--scale_factor", type=float,
+                   help="cascade pyramid step (default: 1.2 for video frames, 1.1 for images)")
+  det.add_argument("--min_neighbors", type=int, default=5, help="cascade votes a face needs")
+  det.add_argument("--cascade", help="a cascade XML file instead of OpenCV's frontal-face default")
+  return p
+
+
+def load_classifier(args: argparse.Namespace) -> inference.FaceClassifier:
+  """The FaceClassifier the arguments name; ModelLoadError when it cannot be loaded."""
+  sources = sum(x is not None for x in (args.pretrained, args.workdir, args.checkpoint, args.exported))
+  if sources > 1:
+    raise inference.ModelLoadError("give at most one of --pretrained, --workdir, --checkpoint or --exported.")
+  if sources == 0 or args.pretrained is not None:
+    if args.step is not None or args.model_card:
+      raise inference.ModelLoadError("--step and --model_card apply to --workdir and --checkpoint only.")
+    loaded = pretrained.load(args.pretrained or pretrained.DEFAULT, margin=args.margin, dtype=args.dtype)
+    return loaded.classifier(batch_size=args.batch_size, tta=args.tta)
+  if args.exported is not None:
+    if args.dtype or args.step is not None or args.model_card:
+      raise inference.ModelLoadError("--dtype, --step and --model_card do not apply to --exported artifacts.")
+    from fer_jax.serving import export
+    return export.load(args.exported).classifier(batch_size=args.batch_size, tta=args.tta, margin=args.margin)
+  loaded = inference.load(args.workdir, checkpoint=args.checkpoint, step=args.step, model_card=args.model_card,
+                          margin=args.margin, dtype=args.dtype)
+  return loaded.classifier(batch_size=args.batch_size, tta=args.tta)
+
+
+def _quiet_libraries() -> None:
+  # Orbax logs (absl) every restore at WARNING/INFO; keep stderr for our per-file messages.
+  import logging
+  logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def check_options(args: argparse.Namespace) -> None:
+  """ValueError naming the option, before any model or detector is loaded."""
+  if args.margin is not None and not (math.isfinite(args.margin) and 0 <= args.margin <= 2):
+    raise ValueError(f"--margin {args.margin} must be a fraction of the box side in [0, 2].")
+  if args.batch_size < 1 or args.batch_size & (args.batch_size - 1):
+    raise ValueError(f"--batch_size {args.batch_size} must be a power of two (1, 2, 4, ... 32, 64).")
+  if args.min_neighbors < 0:
+    raise ValueError(f"--min_neighbors {args.min_neighbors} must be >= 0.")
+  if not args.inputs and args.camera is None:
+    raise ValueError("give INPUT files or folders, or --camera N.")
+  if args.smooth < 1:
+    raise ValueError(f"--smooth {args.smooth} must be >= 1 (1: no smoothing).")
+  if args.show:
+    check_display()
+
+
+def check_display() -> None:
+  """ValueError saying why --show cannot open a window here."""
+  if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    raise ValueError("--show needs a display, and neither $DISPLAY nor $WAYLAND_DISPLAY is set.")
+  try:
+    cv2.namedWindow(SHOW_WINDOW)
+  except cv2.error as e:
+    raise ValueError("--show: this OpenCV cannot open windows (opencv-python-headless has no GUI; "
+                     f"`pip install opencv-python` has one): {str(e).strip().splitlines()[-1]}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  _quiet_libraries()
+  say = lambda message: print(f"predict: {message}", file=sys.stderr, flush=True)
+  try:
+    check_options(args)
+    if args.output:
+      check_writable(args.output, "--output")
+    if args.annotate:
+      check_writable(args.annotate, "--annotate", folder=True)
+    detectors = [None, None] if args.no_detect else [
+        face_detection.HaarFaceDetector(
+            args.cascade, min_face=args.min_face, min_neighbors=args.min_neighbors,
+            detect_size=preset["detect_size"] if args.detect_size is None else args.detect_size,
+            scale_factor=args.scale_factor or preset["scale_factor"])
+        for preset in (face_detection.VIDEO, face_detection.IMAGE)]
+    classifier = load_classifier(args)
+  except (inference.ModelLoadError, face_detection.DetectorUnavailableError, OutputError, ValueError) as e:
+    say(f"error: {e}")
+    return 2
+  predictor = Predictor(classifier, *detectors, smooth=args.smooth, show=args.show)
+  try:
+    writer = RowWriter(args.output, args.format, classifier.class_names)
+  except OutputError as e:
+    say(f"error: {e}")
+    return 2
+  start = time.perf_counter()
+  read = faces = errors = 0
+  camera = [] if args.camera is None else [
+      Input("video", int(args.camera) if args.camera.isdigit() else args.camera, f"camera:{args.camera}", "camera")]
+  try:
+    for item in [*camera, *expand_inputs(args.inputs)]:
+      if item.kind == "error":
+        rows = [Row(item.name, error=item.error)]
+      elif item.kind == "image":
+        target = os.path.join(args.annotate, item.annotate_name) if args.annotate else None
+        rows = predictor.image(item.path, item.name, target)
+        read += predictor.last_read
+      else:
+        target = os.path.join(args.annotate, _annotated_video_name(item.annotate_name)) if args.annotate else None
+        rows = []
+        for row in predictor.video(item.path, item.name, target):
+          rows.append(row)
+          if len(rows) >= (1 if item.annotate_name == "camera" else 256):  # stream long videos and cameras
+            counts = _emit(writer, rows, say)
+            faces, errors, rows = faces + counts[0], errors + counts[1], []
+        read += predictor.last_read
+      counts = _emit(writer, rows, say)
+      faces, errors = faces + counts[0], errors + counts[1]
+      writer.flush()
+    writer.close(commit=True)
+  except OutputError as e:
+    writer.close(commit=False)
+    say(f"error: {e}; stopped, and no partial file was left.")
+    return 3
+  except KeyboardInterrupt:  # Ctrl+C ends a camera session: keep the rows so far.
+    writer.close(commit=True)
+    read += predictor.last_read
+    say("stopped (Ctrl+C).")
+  except BaseException:
+    writer.close(commit=False)
+    raise
+  finally:
+    if args.show:
+      cv2.destroyAllWindows()
+  say(f"{faces} face(s) from {read} input(s) read, {errors} error row(s), in {time.perf_counter() - start:.1f} s.")
+  if not read:
+    say("error: no input could be read.")
+    return 1
+  return 0
+
+
+def _emit(writer: RowWriter, rows: list[Row], say: Callable[[str], None]) -> tuple[int, int]:
+  """Writes rows, reports their errors on stderr; returns (faces, errors)."""
+  for row in rows:
+    writer.write(row)
+    if row.error is not None:
+      say(f"{row.file}: {row.error}")
+  errors = sum(row.error is not None for row in rows)
+  return len(rows) - errors, errors
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,130 @@
+"""The models that ship with fer_jax, so that prediction works on a fresh install with no training.
+
+    python -m fer_jax.predict photo.jpg                     # uses the bundled fer2013_cpu model
+    python -m fer_jax.pretrained --workdir runs/fer2013_cpu --step 14784 --name fer2013_cpu   # (re)make it
+
+A bundle is a folder `fer_jax/serving/weights/<name>/` inside the package:
+  model.json   the training run's model card (what inference.model_from_card
+               reads: config, class names, image shape, normalization), plus a
+               "bundle" entry: the source checkpoint step and its validation
+               accuracy, and the command that trained it.
+  params.npz   the inference variables (parameters and batch-norm statistics)
+               as float32 arrays named by their tree path, e.g.
+               "params/Conv_0/kernel"; no optimizer state.
+
+See docs/MODEL_CARD.md for what the bundled model is and is not good for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+from fer_jax import model_card
+from fer_jax.serving import inference
+
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
+DEFAULT = "fer2013_cpu"
+PARAMS_FILE = "params.npz"
+
+
+def available(weights_dir: str | None = None) -> list[str]:
+  """Names of the bundles in `weights_dir` (default: this installation's)."""
+  weights_dir = weights_dir or WEIGHTS_DIR
+  if not os.path.isdir(weights_dir):
+    return []
+  return sorted(n for n in os.listdir(weights_dir) if os.path.isfile(os.path.join(weights_dir, n, PARAMS_FILE)))
+
+
+def bundle_dir(name: str = DEFAULT, weights_dir: str | None = None) -> str:
+  return os.path.join(weights_dir or WEIGHTS_DIR, name)
+
+
+def _flat_names(tree: Any) -> list[tuple[str, Any]]:
+  import jax
+
+  return [(jax.tree_util.keystr(path, simple=True, separator="/"), leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def write(loaded: inference.LoadedModel, output: str, *, extra: dict[str, Any] | None = None) -> str:
+  """Writes `loaded` (an inference.LoadedModel) as a bundle folder `output`; returns its path."""
+  os.makedirs(output, exist_ok=True)
+  arrays = {name: np.asarray(leaf, np.float32) for name, leaf in _flat_names(loaded.variables)}
+  card = dict(loaded.card)
+  card["bundle"] = {"step": loaded.step, **(extra or {})}
+  tmp = os.path.join(output, ".params.tmp.npz")
+  np.savez_compressed(tmp, **arrays)
+  os.replace(tmp, os.path.join(output, PARAMS_FILE))
+  with open(model_card.path_in(output), "w") as f:
+    json.dump(card, f, indent=2)
+  return output
+
+
+def load(name: str = DEFAULT, *, weights_dir: str | None = None, margin: float | None = None,
+         dtype: str | None = None) -> inference.LoadedModel:
+  """The bundled model `name` as an inference.LoadedModel; ModelLoadError says what is wrong."""
+  import jax
+
+  folder = bundle_dir(name, weights_dir)
+  params_path = os.path.join(folder, PARAMS_FILE)
+  if not os.path.isfile(params_path):
+    raise inference.ModelLoadError(
+        f"no bundled model {name!r} ({params_path} is missing); there are: "
+        f"{', '.join(available(weights_dir)) or 'none'}. Pass --workdir, --checkpoint or --exported to use your own.")
+  card_path = model_card.path_in(folder)
+  card = model_card.read(card_path)
+  model, prep, abstract = inference.model_from_card(card, card_path, margin=margin, dtype=dtype)
+  try:
+    with np.load(params_path) as stored:
+      arrays = {k: stored[k] for k in stored.files}
+  except (OSError, ValueError) as e:
+    raise inference.ModelLoadError(f"{params_path} is not a readable .npz file ({e}); reinstall fer_jax.") from e
+  expected = _flat_names(abstract)
+  problems = [f"{n} {tuple(x.shape)}" for n, x in expected if n not in arrays or arrays[n].shape != x.shape]
+  if problems:
+    raise inference.ModelLoadError(f"{params_path} does not match the model {card_path} describes: missing or "
+                                   f"misshapen {', '.join(problems[:4])}; reinstall fer_jax.")
+  leaves = [jax.device_put(arrays[n].astype(x.dtype), x.sharding) for n, x in expected]
+  variables = jax.tree.unflatten(jax.tree.structure(abstract), leaves)
+  return inference.LoadedModel(model=model, variables=variables, prep=prep, card=card, checkpoint=folder,
+                               step=card.get("bundle", {}).get("step"))
+
+
+def main(argv: list[str] | None = None) -> int:
+  p = argparse.ArgumentParser(prog="python -m fer_jax.pretrained",
+                              description="Write a training run's checkpoint as a bundle that ships with fer_jax.")
+  p.add_argument("--workdir", required=True, help="training workdir")
+  p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+  p.add_argument("--name", default=DEFAULT, help="bundle name: fer_jax/serving/weights/<name>")
+  p.add_argument("--output", help="bundle folder to write instead of fer_jax/serving/weights/<name>")
+  p.add_argument("--note", action="append", default=[], metavar="KEY=VALUE",
+                 help="recorded in model.json's bundle entry, e.g. validation_accuracy=0.69")
+  args = p.parse_args(argv)
+  import logging
+  logging.getLogger("absl").setLevel(logging.ERROR)
+  extra = {}
+  for note in args.note:
+    key, sep, value = note.partition("=")
+    if not sep:
+      print(f"pretrained: error: --note {note!r} is not KEY=VALUE.", file=sys.stderr)
+      return 2
+    extra[key] = value
+  try:
+    loaded = inference.load(args.workdir, step=args.step)
+  except inference.ModelLoadError as e:
+    print(f"pretrained: error: {e}", file=sys.stderr)
+    return 2
+  path = write(loaded, args.output or bundle_dir(args.name), extra=extra)
+  size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+  print(f"pretrained: wrote {path} (step {loaded.step}, {size / 1e6:.1f} MB)", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
