@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from fer_jax.serving import classifier as classifier_lib
 from fer_jax.serving import face_detection, inference, predict, predict_output, smoothing
 from train_test import tiny_config
 
@@ -160,7 +161,7 @@ def test_classifier_pads_batches_without_changing_results(loaded):
   one_by_one = np.concatenate([classifier(faces[i:i + 1]) for i in range(7)])
   np.testing.assert_allclose(together, one_by_one, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(together.sum(axis=1), 1.0, rtol=1e-5)
-  assert inference.bucket_size(3, 32) == 4 and inference.bucket_size(33, 32) == 32
+  assert classifier_lib.bucket_size(3, 32) == 4 and classifier_lib.bucket_size(33, 32) == 32
   with pytest.raises(ValueError, match=r"uint8 \[N, 48, 48, 1\]"):
     classifier(np.zeros((2, 32, 32, 1), np.uint8))
 

@@ -1,6 +1,7 @@
 """A self-contained inference artifact: serialized StableHLO (jax.export), parameters, preprocessing.
 
     python -m fer_jax.export --workdir runs/fer2013_cnn --output fer2013_cnn.fer [--step N] [--tta flip]
+    python -m fer_jax.export --workdir runs/fer2013_cnn --format onnx --output fer2013_cnn.onnx  # onnx_model.py
 
 The artifact is a directory:
   exported.bin  jax.export serialization of probabilities(leaves, faces) -> [b, K]:
@@ -36,6 +37,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fer_jax.model_card import ModelLoadError
+
 FORMAT = "fer_jax.export"
 FORMAT_VERSION = 1
 EXPORTED_FILE = "exported.bin"
@@ -44,7 +47,7 @@ METADATA_FILE = "model.json"
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 
 
-class ExportError(Exception):
+class ExportError(ModelLoadError):
   """The artifact cannot be written or read; the message says what to do."""
 
 
@@ -199,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--checkpoint", help="one step directory, WORKDIR/checkpoints/<step>")
   p.add_argument("--step", type=int)
   p.add_argument("--model_card", help="model.json to use instead of the workdir's")
-  p.add_argument("--output", required=True, help="artifact directory to write, e.g. model.fer")
+  p.add_argument("--output", required=True, help="artifact to write: a directory such as model.fer, or model.onnx")
+  p.add_argument("--format", choices=("jax", "onnx"), default="jax",
+                 help="jax: a jax.export artifact (jax to run); onnx: an ONNX file (onnxruntime to run, see "
+                      "serving/onnx_model.py)")
   p.add_argument("--tta", choices=("none", "flip", "ten_crop"), default="none", help="baked into the function")
   p.add_argument("--margin", type=float, help="face box margin recorded for detection (default: the dataset's)")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype instead of the config's")
@@ -213,8 +219,15 @@ def main(argv: list[str] | None = None) -> int:
   try:
     loaded = inference.load(args.workdir, checkpoint=args.checkpoint, step=args.step, model_card=args.model_card,
                             margin=args.margin, dtype=args.dtype)
-    path = export_model(loaded, args.output, tta=args.tta, overwrite=args.overwrite,
-                        platforms=[x.strip() for x in args.platforms.split(",") if x.strip()])
+    if args.format == "onnx":
+      if not args.output.endswith(".onnx"):
+        raise ExportError(f"--output {args.output}: an ONNX file name ends in .onnx (predict tells formats apart "
+                          "by it).")
+      from fer_jax.serving import onnx_model  # pylint: disable=g-import-not-at-top
+      path = onnx_model.export(loaded, args.output, tta=args.tta, overwrite=args.overwrite)
+    else:
+      path = export_model(loaded, args.output, tta=args.tta, overwrite=args.overwrite,
+                          platforms=[x.strip() for x in args.platforms.split(",") if x.strip()])
   except (inference.ModelLoadError, ExportError, ValueError) as e:
     print(f"export: error: {e}", file=sys.stderr)
     return 2

@@ -29,7 +29,9 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from fer_jax.serving import face_detection, inference, pretrained, smoothing
+from fer_jax.model_card import ModelLoadError
+from fer_jax.serving import classifier as classifier_lib
+from fer_jax.serving import face_detection, smoothing
 from fer_jax.serving.predict_output import AnnotatedVideo, OutputError, RowWriter, check_writable, draw, write_image
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm",
@@ -38,7 +40,7 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", "
                               ".flv", ".3gp"})
 NO_FACE = "no face found"
 SHOW_WINDOW = "fer_jax predict (q or Esc: stop)"
-Box = inference.Box
+Box = classifier_lib.Box
 
 
 @dataclasses.dataclass
@@ -56,7 +58,7 @@ class Row:
 class Predictor:
   """Detects, crops and classifies the faces of images and video frames."""
 
-  def __init__(self, classifier: inference.FaceClassifier, detector: Callable[[np.ndarray], list[Box]] | None,
+  def __init__(self, classifier: classifier_lib.BatchedClassifier, detector: Callable[[np.ndarray], list[Box]] | None,
                image_detector: Callable[[np.ndarray], list[Box]] | None = None, *, smooth: int = 1,
                show: bool = False):
     self.classifier = classifier
@@ -228,8 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--annotate", metavar="OUT_DIR", help="write copies with boxes and labels drawn (videos as mp4)")
   p.add_argument("--no-detect", "--no_detect", dest="no_detect", action="store_true",
                  help="each image or frame is already one face crop: no detection")
-  p.add_argument("--tta", choices=inference.TTA_CHOICES, default="none",
-                 help="test-time augmentation: flip averages the softmax of the face and its mirror image")
+  p.add_argument("--tta", default="none", help="test-time augmentation, as the evaluation job's views: none, "
+                 "flip (the mean softmax of the face and its mirror image) or ten_crop (models trained on crops)")
   p.add_argument("--batch_size", type=int, default=32, help="most faces per compiled call (a power of two)")
   p.add_argument("--margin", type=float, help="fraction of the detected box added on each side "
                  "(default: what reproduces the training crops, see docs/PREDICTION.md)")
@@ -247,21 +249,29 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def load_classifier(args: argparse.Namespace) -> inference.FaceClassifier:
-  """The FaceClassifier the arguments name; ModelLoadError when it cannot be loaded."""
+def load_classifier(args: argparse.Namespace) -> classifier_lib.BatchedClassifier:
+  """The classifier the arguments name; ModelLoadError when it cannot be loaded.
+
+  Only an .onnx file loads without jax (onnxruntime, OpenCV and numpy are enough).
+  """
   sources = sum(x is not None for x in (args.pretrained, args.workdir, args.checkpoint, args.exported))
   if sources > 1:
-    raise inference.ModelLoadError("give at most one of --pretrained, --workdir, --checkpoint or --exported.")
+    raise ModelLoadError("give at most one of --pretrained, --workdir, --checkpoint or --exported.")
   if sources == 0 or args.pretrained is not None:
     if args.step is not None or args.model_card:
-      raise inference.ModelLoadError("--step and --model_card apply to --workdir and --checkpoint only.")
+      raise ModelLoadError("--step and --model_card apply to --workdir and --checkpoint only.")
+    from fer_jax.serving import pretrained  # pylint: disable=g-import-not-at-top  (jax: only when needed)
     loaded = pretrained.load(args.pretrained or pretrained.DEFAULT, margin=args.margin, dtype=args.dtype)
     return loaded.classifier(batch_size=args.batch_size, tta=args.tta)
   if args.exported is not None:
     if args.dtype or args.step is not None or args.model_card:
-      raise inference.ModelLoadError("--dtype, --step and --model_card do not apply to --exported artifacts.")
-    from fer_jax.serving import export
+      raise ModelLoadError("--dtype, --step and --model_card do not apply to --exported artifacts.")
+    if args.exported.endswith(".onnx"):
+      from fer_jax.serving import onnx_model  # pylint: disable=g-import-not-at-top
+      return onnx_model.load(args.exported).classifier(batch_size=args.batch_size, tta=args.tta, margin=args.margin)
+    from fer_jax.serving import export  # pylint: disable=g-import-not-at-top
     return export.load(args.exported).classifier(batch_size=args.batch_size, tta=args.tta, margin=args.margin)
+  from fer_jax.serving import inference  # pylint: disable=g-import-not-at-top
   loaded = inference.load(args.workdir, checkpoint=args.checkpoint, step=args.step, model_card=args.model_card,
                           margin=args.margin, dtype=args.dtype)
   return loaded.classifier(batch_size=args.batch_size, tta=args.tta)
@@ -317,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             scale_factor=args.scale_factor or preset["scale_factor"])
         for preset in (face_detection.VIDEO, face_detection.IMAGE)]
     classifier = load_classifier(args)
-  except (inference.ModelLoadError, face_detection.DetectorUnavailableError, OutputError, ValueError) as e:
+  except (ModelLoadError, face_detection.DetectorUnavailableError, OutputError, ValueError) as e:
     say(f"error: {e}")
     return 2
   predictor = Predictor(classifier, *detectors, smooth=args.smooth, show=args.show)

@@ -1,0 +1,162 @@
+"""Face crops to class probabilities without jax: the preprocessing rules and the batching.
+
+`FaceClassifier` wraps any `probabilities(uint8 faces [N, H, W, C]) -> [N, K]`
+function: a jit-compiled flax model (inference.py), a jax.export artifact
+(export.py) or an ONNX Runtime session (onnx_model.py), so predict works the
+same from all three, and from ONNX with only onnxruntime, OpenCV and numpy.
+
+Preprocessing rules (what makes a detected face look like a training example):
+  * size and colour: model.json `image_shape` [H, W, C] (48x48x1 for FER2013,
+    the ExpW config's size and channels for ExpW); C = 1 is OpenCV's BGR->grey.
+  * box margin: FER2013 (and the synthetic faces) are tight crops, and OpenCV's
+    Haar boxes match them (median box/crop side 0.98 on 233 FER2013 test
+    images), so no margin. ExpW crops are its label box plus the builder's
+    margin (model.json `face_margin` when present, else the builder default
+    0.2) on each side; Haar boxes are 0.91x ExpW's label boxes (median over 233
+    faces of ../shared/data/expw_sample), so a detection is first grown to the
+    label box's size. The grown box is clipped to the image and resized
+    without keeping the aspect ratio, as the ExpW builder does.
+  * resize: INTER_AREA when shrinking both sides, else bilinear (the builders').
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from fer_jax.data import faces
+from fer_jax.model_card import ModelLoadError
+
+# Builder margin when model.json has no `face_margin` (tfds_builders/expw/expw.py ExpwConfig.margin).
+DEFAULT_DATASET_MARGIN = {"expw": 0.2}
+# Side of a Haar detection / side of the dataset's own face box (measured, see the module docstring).
+HAAR_BOX_TO_DATASET_BOX = {"expw": 0.91}
+
+Box = tuple[int, int, int, int]  # x, y, w, h in pixels of the image it was found in
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+  """How a face crop becomes a model input, as the training data was made."""
+  class_names: tuple[str, ...]
+  image_shape: tuple[int, int, int]  # (H, W, C) as stored in the dataset: crops are resized to this
+  crop_size: int = 0                 # > 0: the model sees the centre crop_size x crop_size
+  normalization: str = "unit"        # unit: [0, 1]; standardize: (x - mean) / std per channel
+  mean: tuple[float, ...] | None = None
+  std: tuple[float, ...] | None = None
+  margin: float = 0.0                # fraction of a detected box's side added on each side
+
+  @classmethod
+  def from_card(cls, card: dict[str, Any], margin: float | None = None) -> "Preprocessing":
+    """From a model.json dict; `margin` overrides the dataset's rule (see the module docstring)."""
+    norm = card.get("normalization") or {"kind": "unit"}
+    shape = tuple(int(d) for d in card["image_shape"])
+    if len(shape) != 3 or shape[2] not in (1, 3):
+      raise ModelLoadError(f"model.json image_shape {list(shape)} is not [H, W, 1 or 3].")
+    if margin is None:
+      margin = default_margin(card)
+    kind = norm.get("kind", "unit")
+    if kind == "standardize" and (not norm.get("mean") or not norm.get("std")):
+      raise ModelLoadError("model.json normalization is 'standardize' but lacks mean/std.")
+    return cls(
+        class_names=tuple(card["class_names"]), image_shape=shape, crop_size=int(card.get("crop_size") or 0),
+        normalization=kind,
+        mean=tuple(float(v) for v in norm["mean"]) if kind == "standardize" else None,
+        std=tuple(float(v) for v in norm["std"]) if kind == "standardize" else None,
+        margin=float(margin))
+
+  @property
+  def input_shape(self) -> tuple[int, int, int]:
+    """What the network itself takes (after the centre crop)."""
+    h, w, c = self.image_shape
+    return (self.crop_size, self.crop_size, c) if self.crop_size else (h, w, c)
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, data: dict[str, Any]) -> "Preprocessing":
+    """Inverse of to_json (lists back to tuples)."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+  def face_pixels(self, image: np.ndarray, box: Box | None = None) -> np.ndarray:
+    """uint8 (H, W, C) model pixels of one face: `box` plus margin, or the whole image when None.
+
+    `image` is what cv2.imread gives: BGR (h, w, 3) or grey (h, w).
+    """
+    if box is not None:
+      x, y, w, h = box
+      window = faces.crop_window((y, x, x + w, y + h), image.shape[0], image.shape[1], self.margin)
+      if window is None:
+        raise ValueError(f"box {box} does not overlap the {image.shape[1]}x{image.shape[0]} image")
+      y0, y1, x0, x1 = window
+      image = image[y0:y1, x0:x1]
+    return faces.resize_face(image, self.image_shape)
+
+
+def default_margin(card: dict[str, Any]) -> float:
+  """Margin per side, as a fraction of a Haar box, that reproduces the dataset's crops."""
+  dataset = card.get("dataset") or ""
+  margin = card.get("face_margin")
+  if margin is None:
+    margin = DEFAULT_DATASET_MARGIN.get(dataset, 0.0)
+  scale = 1.0 / HAAR_BOX_TO_DATASET_BOX.get(dataset, 1.0)  # Haar box -> dataset's face box
+  return ((1.0 + 2.0 * float(margin)) * scale - 1.0) / 2.0
+
+
+def bucket_size(n: int, batch_size: int) -> int:
+  """The padded batch for n faces: the next power of two, at most batch_size."""
+  return min(batch_size, 1 << max(0, n - 1).bit_length())
+
+
+class BatchedClassifier:
+  """Batched class probabilities of preprocessed faces, through one function.
+
+  Batches are padded to a power of two up to `batch_size`, so a stream of any
+  face counts compiles at most log2(batch_size) + 1 times, and one face per
+  video frame costs one face, not a full batch.
+
+  probabilities: (variables, uint8 [N, H, W, C]) -> [N, K]; inference.FaceClassifier
+    jit-compiles a jax one, onnx_model.py passes an ONNX Runtime session's.
+  """
+
+  def __init__(self, probabilities: Callable[[Any, Any], Any], variables: Any, prep: Preprocessing, *,
+               batch_size: int = 32, tta: str = "none"):
+    if batch_size < 1 or batch_size & (batch_size - 1):
+      raise ValueError(f"batch_size={batch_size} must be a power of two (1, 2, 4, ... 32, 64).")
+    self.prep = prep
+    self.batch_size = batch_size
+    self.tta = tta
+    self.variables = variables
+    self._fn = probabilities
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    return self.prep.class_names
+
+  def __call__(self, faces: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """uint8 [N, H, W, C] faces (Preprocessing.face_pixels) -> float32 probabilities [N, K]."""
+    faces = np.asarray(faces, np.uint8) if not isinstance(faces, np.ndarray) else faces
+    if faces.ndim != 4 or faces.shape[1:] != self.prep.image_shape or faces.dtype != np.uint8:
+      raise ValueError(f"faces must be uint8 [N, {', '.join(map(str, self.prep.image_shape))}], got "
+                       f"{faces.dtype} {list(faces.shape)}: crop them with Preprocessing.face_pixels.")
+    n = faces.shape[0]
+    if n == 0:
+      return np.zeros((0, len(self.class_names)), np.float32)
+    out = []
+    for start in range(0, n, self.batch_size):
+      chunk = faces[start:start + self.batch_size]
+      size = bucket_size(len(chunk), self.batch_size)
+      if size != len(chunk):
+        chunk = np.concatenate([chunk, np.zeros((size - len(chunk), *chunk.shape[1:]), np.uint8)])
+      out.append(np.asarray(self._fn(self.variables, chunk))[:min(self.batch_size, n - start)])
+    return np.concatenate(out)
+
+  def warm_up(self) -> None:
+    """Compiles every bucket now, so the first video frames are not slowed by compilation."""
+    size = 1
+    while size <= self.batch_size:
+      self(np.zeros((size, *self.prep.image_shape), np.uint8))
+      size *= 2

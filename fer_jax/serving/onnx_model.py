@@ -1,0 +1,101 @@
+"""ONNX: export a model with jax2onnx, and classify faces from the .onnx file with ONNX Runtime alone.
+
+    python -m fer_jax.export --workdir runs/fer2013_cpu --format onnx --output fer2013_cpu.onnx
+    python -m fer_jax.predict --exported fer2013_cpu.onnx photo.jpg
+
+The graph takes uint8 faces [B, H, W, C] (B dynamic), cropped and resized as
+the preprocessing recorded in the file's metadata says, and does the rest
+(/255, normalisation, TTA views, softmax), like the jax.export artifact.
+Reading needs onnxruntime, OpenCV and numpy only: this module and predict's
+ONNX path import no jax (`pip install "fer_jax[onnx]"` to export).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from fer_jax.model_card import ModelLoadError
+from fer_jax.serving import classifier
+
+FORMAT = "fer_jax.onnx"
+METADATA_KEY = "fer_jax"  # metadata_props entry holding the JSON below
+
+
+def export(loaded: Any, output: str, *, tta: str = "none", overwrite: bool = False) -> str:
+  """Writes inference.LoadedModel `loaded` to the .onnx file `output`; returns its path."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from fer_jax.serving import inference  # pylint: disable=g-import-not-at-top
+
+  try:
+    import onnx  # pylint: disable=g-import-not-at-top
+    from jax2onnx import to_onnx  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ModelLoadError(f"ONNX export needs jax2onnx and onnx ({e}): pip install 'fer_jax[onnx]'.") from None
+  output = os.path.abspath(output)
+  if os.path.exists(output) and not overwrite:
+    raise ModelLoadError(f"{output} exists: remove it or pass --overwrite.")
+  probabilities = inference.probabilities_fn(loaded.model.apply, loaded.prep, tta)
+  variables = loaded.variables
+  model = to_onnx(lambda faces: probabilities(variables, faces),
+                  [jax.ShapeDtypeStruct(("B", *loaded.prep.image_shape), jnp.uint8)])
+  metadata = {"format": FORMAT, "class_names": list(loaded.prep.class_names), "preprocessing": loaded.prep.to_json(),
+              "tta": tta, "source": {"checkpoint": loaded.checkpoint, "step": loaded.step,
+                                     "dataset": loaded.card.get("dataset"), "model": loaded.card["config"].get("model")}}
+  onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(metadata)})
+  tmp = output + ".tmp"
+  onnx.save_model(model, tmp)
+  os.replace(tmp, output)
+  return output
+
+
+@dataclasses.dataclass
+class OnnxModel:
+  """An ONNX Runtime session of an exported model, with the preprocessing it needs."""
+  path: str
+  session: Any  # onnxruntime.InferenceSession
+  metadata: dict[str, Any]
+
+  def __call__(self, faces: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W, C] faces -> float32 probabilities [N, K]."""
+    return self.session.run(None, {self.session.get_inputs()[0].name: np.ascontiguousarray(faces, np.uint8)})[0]
+
+  def classifier(self, *, batch_size: int = 32, tta: str = "none", margin: float | None = None
+                 ) -> classifier.BatchedClassifier:
+    """A BatchedClassifier for predict; TTA is baked into the file, so `tta` must match it."""
+    if tta not in ("none", self.metadata["tta"]):
+      raise ModelLoadError(f"{self.path} was exported with tta={self.metadata['tta']!r}; re-export with "
+                           f"--tta {tta} for that.")
+    prep = classifier.Preprocessing.from_json(self.metadata["preprocessing"])
+    if margin is not None:
+      prep = dataclasses.replace(prep, margin=float(margin))
+    return classifier.BatchedClassifier(lambda _, faces: self(faces), None, prep, batch_size=batch_size,
+                                        tta=self.metadata["tta"])
+
+
+def load(path: str) -> OnnxModel:
+  """Opens `path` with ONNX Runtime (CPU); ModelLoadError saying what is wrong."""
+  try:
+    import onnxruntime  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ModelLoadError("reading .onnx files needs onnxruntime: pip install onnxruntime.") from None
+  if not os.path.isfile(path):
+    raise ModelLoadError(f"{path} does not exist: make it with python -m fer_jax.export --format onnx.")
+  try:
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+  except Exception as e:  # onnxruntime raises its own exception types for unreadable files
+    raise ModelLoadError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e}).") from None
+  props = session.get_modelmeta().custom_metadata_map
+  try:
+    metadata = json.loads(props[METADATA_KEY])
+    assert metadata.get("format") == FORMAT
+  except (KeyError, ValueError, AssertionError):
+    raise ModelLoadError(f"{path} is an ONNX model but not one fer_jax exported (no {METADATA_KEY!r} "
+                         "metadata with class names and preprocessing).") from None
+  return OnnxModel(path, session, metadata)
