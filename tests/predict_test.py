@@ -8,6 +8,7 @@ import io
 import json
 import os
 import pathlib
+import sys
 
 import cv2
 import numpy as np
@@ -187,10 +188,12 @@ def test_folder_without_detection_gives_exact_rows(loaded, workdir, folder, tmp_
   assert rows[2]["label"] == loaded.prep.class_names[int(np.argmax(expected))]
 
 
-@needs_haar
-def test_folder_with_detection_gives_exact_rows(workdir, folder, tmp_path, capsys):
+@pytest.mark.parametrize("detector", ["yunet", "haar"])
+def test_folder_with_detection_gives_exact_rows(workdir, folder, tmp_path, capsys, detector):
+  if detector == "haar" and not HAAR:
+    pytest.skip("this OpenCV has no Haar cascade")
   out = tmp_path / "rows.csv"
-  code, err = run(["--workdir", workdir, str(folder), "--output", str(out)], capsys)
+  code, err = run(["--workdir", workdir, str(folder), "--output", str(out), "--detector", detector], capsys)
   assert code == 0
   rows = read_csv(out)
   assert [(r["file"], r["frame"], r["face"], r["error"]) for r in rows] == [
@@ -231,7 +234,7 @@ def test_video_gives_a_row_per_frame_and_annotations(workdir, tmp_path, capsys):
   video = tmp_path / "clip.mp4"
   write_video(video, frames=6)
   out, annotated = tmp_path / "rows.csv", tmp_path / "annotated"
-  detect = [] if HAAR else ["--no-detect"]
+  detect = ["--detector", "haar"] if HAAR else ["--no-detect"]
   code, _ = run(["--workdir", workdir, str(video), str(tmp_path / "missing.png"), "--output", str(out),
                  "--annotate", str(annotated), *detect], capsys)
   assert code == 0
@@ -341,7 +344,9 @@ def test_real_fer2013_images(real_data, loaded):
     (["--margin", "nan"], "--margin nan must be"),
     (["--batch_size", "12"], "--batch_size 12 must be a power of two"),
     (["--min_neighbors", "-1"], "--min_neighbors -1 must be >= 0"),
-    (["--scale_factor", "1.0"], "scale_factor=1.0 must be > 1"),
+    (["--detector", "haar", "--scale_factor", "1.0"], "scale_factor=1.0 must be > 1"),
+    (["--scale_factor", "1.1"], "--cascade and --scale_factor are Haar cascade settings: add --detector haar"),
+    (["--min_score", "2"], "min_score=2.0 must be in [0, 1]"),
     (["--smooth", "0"], "--smooth 0 must be >= 1"),
 ])
 def test_bad_option_values_are_one_error_line(workdir, folder, tmp_path, capsys, option, message):
@@ -429,7 +434,7 @@ def test_camera_streams_the_rows_of_its_frames_and_smooth_means_the_last_k(workd
   """A video file stands in for the capture device (OpenCV opens both the same way)."""
   video = tmp_path / "clip.mp4"
   write_video(video, frames=6)
-  detect = [] if HAAR else ["--no-detect"]
+  detect = ["--detector", "haar"] if HAAR else ["--no-detect"]
   plain, smoothed = tmp_path / "plain.csv", tmp_path / "smoothed.csv"
   assert run(["--workdir", workdir, str(video), "-o", str(plain), *detect], capsys)[0] == 0
   code, err = run(["--workdir", workdir, "--camera", str(video), "--smooth", "3", "-o", str(smoothed), *detect],
@@ -463,3 +468,33 @@ def test_show_without_a_display_is_one_error_line(workdir, folder, capsys, monke
       "predict: error: --show needs a display, and neither $DISPLAY nor $WAYLAND_DISPLAY is set."]
   code, err = run(["--workdir", workdir], capsys)
   assert code == 2 and "give INPUT files or folders, or --camera N" in err
+
+
+def test_without_yunet_predict_falls_back_to_haar_unless_asked_for_yunet(workdir, folder, capsys, monkeypatch):
+  def missing():
+    raise face_detection.DetectorUnavailableError("the YuNet detector needs the 'yuface' package.")
+  monkeypatch.setattr(face_detection, "_yunet_backend", missing)
+  code, err = run(["--workdir", workdir, str(folder / "face.png")], capsys)
+  assert code == 0 and "predict: note: the YuNet detector needs the 'yuface' package. Using the Haar cascade" in err
+  code, err = run(["--workdir", workdir, "--detector", "yunet", str(folder / "face.png")], capsys)
+  assert code == 2 and err.strip() == "predict: error: the YuNet detector needs the 'yuface' package."
+
+
+def test_yunet_finds_the_labelled_expw_faces_better_than_haar(real_data):
+  """Issue 16's bar on real scene photos: recall >= 85% at IoU 0.4, fewer false boxes per photo than Haar."""
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+  import face_detection as bench  # bench/face_detection.py  pylint: disable=g-import-not-at-top
+
+  data = os.path.join(real_data, "expw_sample")
+  truth = bench.labelled_faces(data)
+  names = sorted(truth)[::4]  # 250 of the 999 photos
+  scores = {}
+  for name in ("yunet", "haar"):
+    detector = face_detection.create(name, video=False)
+    hits = false = 0
+    for image_name in names:
+      found = [(x, y, x + w, y + h) for x, y, w, h in detector(cv2.imread(os.path.join(data, "origin", image_name)))]
+      matched = bench.matches(truth[image_name], np.asarray(found, np.float64).reshape(-1, 4))
+      hits, false = hits + matched, false + len(found) - matched
+    scores[name] = (hits / sum(len(truth[n]) for n in names), false / len(names))
+  assert scores["yunet"][0] >= 0.85 and scores["yunet"][1] < scores["haar"][1], scores

@@ -236,16 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--margin", type=float, help="fraction of the detected box added on each side "
                  "(default: what reproduces the training crops, see docs/PREDICTION.md)")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype instead of the config's")
-  det = p.add_argument_group("face detector (OpenCV Haar cascade)")
+  det = p.add_argument_group("face detector")
+  det.add_argument("--detector", choices=face_detection.DETECTORS, default=None,
+                   help="yunet (default; falls back to haar when its package is missing) or haar (OpenCV's cascade)")
   det.add_argument("--detect_size", type=int,
-                   help="longer side searched for faces, in pixels (0 = full size; default: video frames "
-                   "320, images their own size within 320..960)")
+                   help="longer side searched for faces, in pixels (0 = full size; default: yunet 320; haar: video "
+                   "frames 320, images their own size within 320..960)")
+  det.add_argument("--min_score", type=float, default=0.8, help="yunet: the least confidence of a face, in [0, 1]")
   det.add_argument("--min_face", type=float, default=0.0,
                    help="smallest face as a fraction of the searched image's shorter side")
   det.add_argument("--scale_factor", type=float,
-                   help="cascade pyramid step (default: 1.2 for video frames, 1.1 for images)")
-  det.add_argument("--min_neighbors", type=int, default=5, help="cascade votes a face needs")
-  det.add_argument("--cascade", help="a cascade XML file instead of OpenCV's frontal-face default")
+                   help="haar: cascade pyramid step (default: 1.2 for video frames, 1.1 for images)")
+  det.add_argument("--min_neighbors", type=int, default=5, help="haar: cascade votes a face needs")
+  det.add_argument("--cascade", help="haar: a cascade XML file instead of OpenCV's frontal-face default")
   return p
 
 
@@ -310,6 +313,23 @@ def check_display() -> None:
                      f"`pip install opencv-python` has one): {str(e).strip().splitlines()[-1]}") from None
 
 
+def create_detectors(args: argparse.Namespace, say: Callable[[str], None]) -> list[Callable[[np.ndarray], list[Box]]]:
+  """[video-frame detector, still-image detector] of --detector; YuNet falls back to Haar unless asked for."""
+  name = args.detector or "yunet"
+  if name == "yunet" and (args.cascade or args.scale_factor):
+    raise ValueError("--cascade and --scale_factor are Haar cascade settings: add --detector haar.")
+  haar = {"cascade": args.cascade, "min_neighbors": args.min_neighbors, "scale_factor": args.scale_factor}
+  make = lambda name: [face_detection.create(name, video=video, detect_size=args.detect_size, min_face=args.min_face,
+                                             min_score=args.min_score, **haar) for video in (True, False)]
+  try:
+    return make(name)
+  except face_detection.DetectorUnavailableError as e:
+    if args.detector is not None:
+      raise
+    say(f"note: {e} Using the Haar cascade instead.")
+    return make("haar")
+
+
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   _quiet_libraries()
@@ -320,12 +340,7 @@ def main(argv: list[str] | None = None) -> int:
       check_writable(args.output, "--output")
     if args.annotate:
       check_writable(args.annotate, "--annotate", folder=True)
-    detectors = [None, None] if args.no_detect else [
-        face_detection.HaarFaceDetector(
-            args.cascade, min_face=args.min_face, min_neighbors=args.min_neighbors,
-            detect_size=preset["detect_size"] if args.detect_size is None else args.detect_size,
-            scale_factor=args.scale_factor or preset["scale_factor"])
-        for preset in (face_detection.VIDEO, face_detection.IMAGE)]
+    detectors = [None, None] if args.no_detect else create_detectors(args, say)
     classifier = load_classifier(args)
   except (ModelLoadError, face_detection.DetectorUnavailableError, OutputError, ValueError) as e:
     say(f"error: {e}")
