@@ -90,7 +90,10 @@ def write_video(path: pathlib.Path, frames: int = 6) -> None:
 
 
 def run(args: list[str], capsys) -> tuple[int, str]:
-  code = predict.main(args)
+  try:
+    code = predict.main(args)
+  except SystemExit as e:  # argparse's own errors
+    code = e.code
   return code, capsys.readouterr().err
 
 
@@ -347,6 +350,8 @@ def test_real_fer2013_images(real_data, loaded):
     (["--detector", "haar", "--scale_factor", "1.0"], "scale_factor=1.0 must be > 1"),
     (["--scale_factor", "1.1"], "--cascade and --scale_factor are Haar cascade settings: add --detector haar"),
     (["--min_score", "2"], "min_score=2.0 must be in [0, 1]"),
+    (["--detector", "dlib"], "argument --detector: invalid choice: 'dlib'"),
+    (["--smooth", "three"], "argument --smooth: invalid int value: 'three'"),
     (["--smooth", "0"], "--smooth 0 must be >= 1"),
 ])
 def test_bad_option_values_are_one_error_line(workdir, folder, tmp_path, capsys, option, message):

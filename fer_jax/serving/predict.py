@@ -205,8 +205,15 @@ def _annotated_video_name(name: str) -> str:
   return os.path.splitext(name)[0] + ".mp4"
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+  """A bad option is one line on stderr and exit status 2, like every other start-up error (no usage dump)."""
+
+  def error(self, message: str) -> None:
+    self.exit(2, f"predict: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
+  p = _OneLineErrors(
       prog="python -m fer_jax.predict", description=__doc__.split("\n\n")[0],
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog="Exit status: 0 some input read; 1 no input could be read; 2 model, detector, arguments or an "
