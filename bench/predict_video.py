@@ -1,6 +1,7 @@
 """Real-time check: frames/s of face detection + expression classification on a 640x480 video.
 
-    python bench/predict_video.py                      # 150 frames, 5 repeats
+    python bench/predict_video.py                      # 150 frames, 5 repeats, YuNet (predict's default)
+    python bench/predict_video.py --detector haar
     python bench/predict_video.py --scale_factor 1.1 --detect_size 320 --repeats 7
 
 Makes its own video (nothing is trained or downloaded): one face moving
@@ -12,8 +13,8 @@ parameters, which cost the same as trained ones. Prints frames/s, each the
 median of --repeats passes, with the passes of all measurements interleaved
 so that load from other jobs on the machine hits them alike, and frames per
 CPU-second of this process (what the work costs, whatever else runs):
-  detect+classify  Predictor.frame: Haar detection, crop, jitted classification
-  detect           the Haar detector alone
+  detect+classify  Predictor.frame: detection, crop, jitted classification
+  detect           the detector alone
   classify         crop + classification of the known box alone (batch padded to 1)
   classify@32      the same padded to a fixed batch of 32 (why batches are bucketed)
   end to end       the CLI's path: decode the mp4, detect, classify, make rows
@@ -65,7 +66,7 @@ def face_candidates() -> list[tuple[str, np.ndarray]]:
   return faces
 
 
-def make_video(path: str, frames: int, detector: face_detection.HaarFaceDetector) -> str:
+def make_video(path: str, frames: int, detector) -> str:
   """Writes the test video; returns which face it shows (the first the detector finds when pasted)."""
   rng = np.random.default_rng(0)
   scene = background(480, 640, rng)
@@ -120,14 +121,16 @@ def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--frames", type=int, default=150)
   p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--detector", choices=face_detection.DETECTORS, default="yunet", help="predict's default: yunet")
   p.add_argument("--detect_size", type=int, default=face_detection.VIDEO["detect_size"])
-  p.add_argument("--scale_factor", type=float, default=face_detection.VIDEO["scale_factor"])
-  p.add_argument("--min_neighbors", type=int, default=5)
+  p.add_argument("--scale_factor", type=float, default=face_detection.VIDEO["scale_factor"], help="haar only")
+  p.add_argument("--min_neighbors", type=int, default=5, help="haar only")
   args = p.parse_args()
 
   try:
-    detector = face_detection.HaarFaceDetector(detect_size=args.detect_size, scale_factor=args.scale_factor,
-                                               min_neighbors=args.min_neighbors)
+    haar = {"scale_factor": args.scale_factor, "min_neighbors": args.min_neighbors}
+    detector = face_detection.create(args.detector, video=True, detect_size=args.detect_size,
+                                     **(haar if args.detector == "haar" else {}))
   except face_detection.DetectorUnavailableError as e:
     raise SystemExit(f"predict_video: {e}")
   classifier = cnn_classifier(batch_size=32)
@@ -176,8 +179,10 @@ def main() -> None:
 
   print(f"video: {len(frames)} frames 640x480 (mp4v), one face ({face_name}, pasted at 200x200); "
         f"exactly one face found in {found}/{len(frames)} frames")
-  print(f"detector: Haar frontalface_default, detect_size {args.detect_size}, scale_factor {args.scale_factor}, "
-        f"min_neighbors {args.min_neighbors}; OpenCV {cv2.__version__} with {cv2.getNumThreads()} threads; "
+  settings = (f"scale_factor {args.scale_factor}, min_neighbors {args.min_neighbors}" if args.detector == "haar"
+              else f"min_score {detector.min_score}")
+  print(f"detector: {args.detector}, detect_size {args.detect_size}, {settings}; "
+        f"OpenCV {cv2.__version__} with {cv2.getNumThreads()} threads; "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
   for name, ts in times.items():
     fps = [len(frames) / t for t in ts]
