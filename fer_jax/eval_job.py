@@ -68,7 +68,6 @@ class CheckpointEvaluator:
     self.total_steps = setup.total_steps
     mesh = parallel.create_mesh()
     self.abstract_state = setup.abstract_state(parallel.replicated(mesh))
-    self.apply_fn = setup.model.apply
     self.evaluator = evaluation.Evaluator(setup.model.apply, mesh, num_classes=self.info.num_classes,
                                           crop_size=config.data.augment.crop_size)
 
@@ -81,8 +80,7 @@ class CheckpointEvaluator:
       confusion, loss = self.evaluator.confusion(variables, self._batches(), view)
       report[view] = {"loss": loss, **evaluation.classification_metrics(confusion, names)}
     title = f"{self.config.data.name} {self.split}, step {step}: accuracy {report['plain']['accuracy']:.3f}"
-    images, labels, predictions = evaluation.sample_predictions(
-        self.apply_fn, variables, self._batches(), crop_size=self.config.data.augment.crop_size)
+    images, labels, predictions = self.evaluator.sample_predictions(variables, self._batches())
     if self.config.data.normalization == "standardize":  # Back to [0, 1] for display.
       mean, std = stats.normalization_stats(self.config)
       images = images * np.asarray(std, np.float32) + np.asarray(mean, np.float32)

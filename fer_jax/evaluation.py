@@ -77,6 +77,21 @@ class Evaluator:
                                         num_classes=num_classes),
                       out_shardings=parallel.replicated(mesh))
         for view in VIEWS}
+    self._predict = jax.jit(lambda variables, images: jnp.argmax(
+        apply_fn(variables, VIEWS["plain"](images, crop_size)[0], train=False), axis=-1))
+
+  def sample_predictions(self, variables: Any, batches: Iterable[dict[str, np.ndarray]], limit: int = 1024
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images, labels, predictions) of the first `limit` unmasked examples, plain view, on this host's devices."""
+    images, labels, predictions = [], [], []
+    for batch in batches:
+      keep = np.asarray(batch["mask"], bool)
+      images.append(np.asarray(batch["image"])[keep])
+      labels.append(np.asarray(batch["label"])[keep])
+      predictions.append(np.asarray(self._predict(variables, batch["image"]))[keep])
+      if sum(map(len, labels)) >= limit:
+        break
+    return np.concatenate(images)[:limit], np.concatenate(labels)[:limit], np.concatenate(predictions)[:limit]
 
   def confusion(self, variables: Any, batches: Iterable[dict[str, np.ndarray]], view: str = "plain"
                 ) -> tuple[np.ndarray, float]:
@@ -88,21 +103,6 @@ class Evaluator:
       totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
     totals = parallel.to_host(totals)
     return totals["confusion"], float(totals["loss_sum"] / max(totals["count"], 1.0))
-
-
-def sample_predictions(apply_fn: Callable, variables: Any, batches: Iterable[dict[str, np.ndarray]], *,
-                       crop_size: int, limit: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(images, labels, predictions) of the first `limit` unmasked examples, plain view, on this host's devices."""
-  predict = jax.jit(lambda v, x: jnp.argmax(apply_fn(v, VIEWS["plain"](x, crop_size)[0], train=False), axis=-1))
-  images, labels, predictions = [], [], []
-  for batch in batches:
-    keep = np.asarray(batch["mask"], bool)
-    images.append(np.asarray(batch["image"])[keep])
-    labels.append(np.asarray(batch["label"])[keep])
-    predictions.append(np.asarray(predict(variables, batch["image"]))[keep])
-    if sum(map(len, labels)) >= limit:
-      break
-  return np.concatenate(images)[:limit], np.concatenate(labels)[:limit], np.concatenate(predictions)[:limit]
 
 
 def choose_samples(labels: np.ndarray, predictions: np.ndarray, num_classes: int, per_class: int) -> list[list[int]]:

@@ -106,6 +106,15 @@ def default_margin(card: dict[str, Any]) -> float:
   return ((1.0 + 2.0 * float(margin)) * scale - 1.0) / 2.0
 
 
+def artifact_preprocessing(path: str, preprocessing: dict[str, Any], baked_tta: str, tta: str,
+                           margin: float | None, error: type[ModelLoadError] = ModelLoadError) -> Preprocessing:
+  """An exported file's preprocessing (optionally another margin); its TTA is baked in, so `tta` must match."""
+  if tta not in ("none", baked_tta):
+    raise error(f"{path} was exported with tta={baked_tta!r}; re-export with --tta {tta} for that.")
+  prep = Preprocessing.from_json(preprocessing)
+  return prep if margin is None else dataclasses.replace(prep, margin=float(margin))
+
+
 def bucket_size(n: int, batch_size: int) -> int:
   """The padded batch for n faces: the next power of two, at most batch_size."""
   return min(batch_size, 1 << max(0, n - 1).bit_length())

@@ -155,15 +155,9 @@ class ExportedModel:
 
   def classifier(self, *, batch_size: int = 32, tta: str = "none", margin: float | None = None) -> Any:
     """An inference.FaceClassifier over this artifact, for fer_jax.predict (imports cv2, not flax)."""
-    import dataclasses
+    from fer_jax.serving import classifier, inference
 
-    from fer_jax.serving import inference
-
-    if tta not in ("none", self.tta):
-      raise ExportError(f"{self.path} was exported with tta={self.tta!r}; re-export with --tta {tta} for that.")
-    prep = inference.Preprocessing.from_json(self.preprocessing)
-    if margin is not None:
-      prep = dataclasses.replace(prep, margin=float(margin))
+    prep = classifier.artifact_preprocessing(self.path, self.preprocessing, self.tta, tta, margin, ExportError)
     return inference.FaceClassifier(self.probabilities, self.leaves, prep, batch_size=batch_size, tta=self.tta)
 
 

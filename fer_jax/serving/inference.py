@@ -29,6 +29,7 @@ from fer_jax.serving.classifier import Box, Preprocessing, default_margin  # noq
 
 TTA_CHOICES = ("none", *evaluation.TTA_VIEWS)  # "none", then the evaluation job's views
 
+
 def probabilities_fn(apply_fn: Callable, prep: Preprocessing, tta: str = "none"
                      ) -> Callable[[Any, jnp.ndarray], jnp.ndarray]:
   """(variables, uint8 [N, H, W, C]) -> float32 probabilities [N, K], all preprocessing inside.

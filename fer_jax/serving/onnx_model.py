@@ -69,12 +69,8 @@ class OnnxModel:
   def classifier(self, *, batch_size: int = 32, tta: str = "none", margin: float | None = None
                  ) -> classifier.BatchedClassifier:
     """A BatchedClassifier for predict; TTA is baked into the file, so `tta` must match it."""
-    if tta not in ("none", self.metadata["tta"]):
-      raise ModelLoadError(f"{self.path} was exported with tta={self.metadata['tta']!r}; re-export with "
-                           f"--tta {tta} for that.")
-    prep = classifier.Preprocessing.from_json(self.metadata["preprocessing"])
-    if margin is not None:
-      prep = dataclasses.replace(prep, margin=float(margin))
+    prep = classifier.artifact_preprocessing(self.path, self.metadata["preprocessing"], self.metadata["tta"], tta,
+                                             margin)
     return classifier.BatchedClassifier(lambda _, faces: self(faces), None, prep, batch_size=batch_size,
                                         tta=self.metadata["tta"])
 

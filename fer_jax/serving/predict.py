@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
   start = time.perf_counter()
   read = faces = errors = 0
   camera = [] if args.camera is None else [
-      Input("video", int(args.camera) if args.camera.isdigit() else args.camera, f"camera:{args.camera}", "camera")]
+      Input("camera", int(args.camera) if args.camera.isdigit() else args.camera, f"camera:{args.camera}", "camera")]
   try:
     for item in [*camera, *expand_inputs(args.inputs)]:
       if item.kind == "error":
@@ -320,9 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for row in predictor.video(item.path, item.name, target):
           rows.append(row)
-          if len(rows) >= (1 if item.annotate_name == "camera" else 256):  # stream long videos and cameras
+          if len(rows) >= (1 if item.kind == "camera" else 256):  # stream long videos and cameras
             counts = _emit(writer, rows, say)
             faces, errors, rows = faces + counts[0], errors + counts[1], []
+            writer.flush()  # A camera's rows reach the file or pipe as its frames come.
         read += predictor.last_read
       counts = _emit(writer, rows, say)
       faces, errors = faces + counts[0], errors + counts[1]

@@ -33,7 +33,7 @@ def read_image(path: str) -> tuple[np.ndarray | None, str]:
 @dataclasses.dataclass
 class Input:
   """One file to process (kind image/video), or an error about a command-line argument."""
-  kind: str  # image, video or error
+  kind: str  # image, video, camera (read like a video, rows streamed per frame) or error
   path: str | int  # int: a camera index
   name: str  # as shown in the output: the argument, or the argument joined with the path inside it
   annotate_name: str = ""  # relative path under --annotate
