@@ -13,18 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
 import tensorflow_datasets as tfds
 
 from fer_jax.data.builders import BUILDER_MODULES, DEFAULT_DATA_DIR, build, make_builder
-
-
-def _parse_value(text: str) -> Any:
-  try:
-    return json.loads(text)
-  except json.JSONDecodeError:
-    return text
 
 
 def _print_info(builder: tfds.core.DatasetBuilder) -> None:
@@ -58,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     if "=" not in item:
       parser.error(f"--set expects FIELD=VALUE, got {item!r}")
     key, value = item.split("=", 1)
-    overrides[key] = _parse_value(value)
+    try:
+      overrides[key] = json.loads(value)  # Numbers, booleans, lists; anything else stays a string.
+    except json.JSONDecodeError:
+      overrides[key] = value
   try:
     if args.command == "build":
       builder = build(args.name, manual_dir=args.manual_dir, config=args.config,

@@ -1,15 +1,9 @@
-"""Batch image augmentation in numpy/cv2 for the grain input pipeline.
+"""Batch image augmentation in numpy/cv2 for the grain input pipeline (no JAX: it runs in grain workers).
 
-Everything here runs in grain worker processes, so it must stay free of JAX.
-All randomness comes from the `np.random.Generator` passed in, which grain
-seeds from (seed, batch index): the same batch always gets the same
-augmentation, whatever the worker count, and resuming reproduces it.
-
-Geometry (flip, rotation, zoom, shift, pad-and-crop, random crop) is folded
-into one inverse affine matrix per image and applied with a single
-`cv2.warpAffine` call, which is exact for pure integer translations and flips.
-Order, per image: uint8 geometry -> float32 in [0, 1] -> random erasing.
-Normalisation (standardize) is the caller's last step.
+All randomness comes from the `np.random.Generator` passed in, which grain seeds from (seed, batch index).
+Geometry is folded into one inverse affine matrix per image and applied with a single `cv2.warpAffine`
+(exact for integer translations and flips). Per image: uint8 geometry -> float32 in [0, 1] -> random
+erasing; normalisation is the caller's last step.
 """
 
 from __future__ import annotations
@@ -34,18 +28,14 @@ class AugmentConfig:
     shift: translation drawn uniformly from [-shift, shift] times width/height.
     zoom: isotropic scale drawn uniformly from [1 - zoom, 1 + zoom] (>1 zooms in).
     hflip: mirror left-right with probability 1/2.
-    crop_size: random square crop of this size (training only; the eval
-      pipeline never crops).
-    crop_padding: CIFAR-style pad-and-crop: a random integer translation in
-      [-crop_padding, crop_padding] pixels, i.e. pad then crop the original size.
-    border: how pixels from outside the image are filled by rotation, zoom,
-      shift and pad-and-crop: 'reflect' (np.pad 'reflect', cv2 REFLECT_101) or
-      'constant' (zeros).
+    crop_size: random square crop of this size (training only; the eval pipeline never crops).
+    crop_padding: CIFAR-style pad-and-crop, a random integer translation in [-crop_padding, crop_padding].
+    border: how rotation, zoom, shift and pad-and-crop fill pixels from outside the image: 'reflect'
+      (np.pad 'reflect', cv2 REFLECT_101) or 'constant' (zeros).
     erasing_prob: probability of erasing one rectangle per image (Zhong et al.).
     erasing_area: (min, max) fraction of the image area erased.
     erasing_aspect: (min, max) aspect ratio h/w, drawn log-uniformly.
-    erasing_fill: 'noise' (uniform [0, 1) per pixel and channel, the default),
-      'mean' (that image's per-channel mean) or 'zero'.
+    erasing_fill: 'noise' (uniform [0, 1) per pixel and channel), 'mean' (the image's per-channel mean) or 'zero'.
   """
 
   rotation_deg: float = 0.0
@@ -82,30 +72,20 @@ class AugmentConfig:
 
   @classmethod
   def from_config(cls, cfg: Any) -> AugmentConfig:
-    """Reads `config.data.augment` (ConfigDict or dict); enabled=False turns every op off."""
+    """Reads `config.data.augment` (ConfigDict or dict); enabled=False turns every op off, None keeps a default."""
     if cfg is None or not cfg.get("enabled", True):
       return cls()
-    defaults = cls()
-    get = lambda key: getattr(defaults, key) if cfg.get(key) is None else cfg[key]
-    return cls(
-        rotation_deg=float(get("rotation_deg")),
-        shift=float(get("shift")),
-        zoom=float(get("zoom")),
-        hflip=bool(get("hflip")),
-        crop_size=int(cfg["crop_size"]) if cfg.get("crop_size") else None,
-        crop_padding=int(get("crop_padding")),
-        border=str(get("border")),
-        erasing_prob=float(get("erasing_prob")),
-        erasing_area=tuple(float(v) for v in get("erasing_area")),
-        erasing_aspect=tuple(float(v) for v in get("erasing_aspect")),
-        erasing_fill=str(get("erasing_fill")),
-    )
+    values = {"crop_size": int(cfg["crop_size"]) if cfg.get("crop_size") else None}  # 0 also means no crop.
+    for field in dataclasses.fields(cls):
+      value, default = cfg.get(field.name), field.default
+      if field.name != "crop_size" and value is not None:
+        values[field.name] = tuple(float(v) for v in value) if isinstance(default, tuple) else type(default)(value)
+    return cls(**values)
 
   @property
   def geometric(self) -> bool:
     """Whether any op needs the affine warp."""
-    return bool(self.rotation_deg or self.shift or self.zoom or self.hflip
-                or self.crop_size or self.crop_padding)
+    return bool(self.rotation_deg or self.shift or self.zoom or self.hflip or self.crop_size or self.crop_padding)
 
   def output_hw(self, height: int, width: int) -> tuple[int, int]:
     """Training image size after the random crop."""
@@ -120,10 +100,8 @@ def inverse_affine_matrices(rng: np.random.Generator, n: int, height: int, width
                             cfg: AugmentConfig) -> np.ndarray:
   """Samples [n, 2, 3] matrices mapping output pixel (x, y, 1) to source pixel coordinates.
 
-  Forward model about the centre c: dst = c + R(theta) * s * F (src - c) + t,
-  then pad-and-crop and random crop, both integer translations of dst.
-  Draws are made even for disabled ops so that enabling one op does not
-  change the others' draws for the same seed.
+  Forward model about the centre c: dst = c + R(theta) * s * F (src - c) + t, then pad-and-crop and random
+  crop (integer translations of dst). Disabled ops still draw, so enabling one keeps the others' draws.
   """
   theta = np.deg2rad(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg, n))
   scale = rng.uniform(1.0 - cfg.zoom, 1.0 + cfg.zoom, n)
@@ -171,10 +149,9 @@ def geometric(images: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) 
 
 
 def random_erasing(images: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-  """Erases one random rectangle per image with probability cfg.erasing_prob, in place.
+  """Erases one random rectangle per float32 [0, 1] image with probability cfg.erasing_prob, in place.
 
-  `images` is float32 [N, H, W, C] in [0, 1]; filled values stay in [0, 1].
-  Rectangles larger than the image are clipped to it (instead of retried).
+  Fills stay in [0, 1]; rectangles larger than the image are clipped to it (instead of retried).
   """
   n, height, width, channels = images.shape
   apply = rng.random(n) < cfg.erasing_prob

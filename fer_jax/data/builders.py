@@ -1,8 +1,7 @@
 """Finding, building and describing the datasets: every dataset is a tfds builder in tfds_builders/.
 
-`make_builder`/`build` are what `python -m fer_jax.data` runs; the trainer
-asks `ensure_built` (synthetic_faces builds itself, the real datasets say how
-to build them) and `dataset_info` (shapes, classes, split sizes).
+`make_builder`/`build` are what `python -m fer_jax.data` runs; the trainer asks `ensure_built` (synthetic_faces
+builds itself, the real datasets say how to build them) and `dataset_info` (shapes, classes, split sizes).
 """
 
 from __future__ import annotations
@@ -18,8 +17,7 @@ import tensorflow_datasets as tfds
 
 from fer_jax.data import augment
 
-# Builder name -> the module that defines it, imported by name when asked for
-# (each import registers one builder with tfds; tfds_builders imports nothing back from here).
+# Builder name -> its module, imported when asked for (registering it with tfds); tfds_builders never imports us.
 BUILDER_MODULES: dict[str, str] = {
     "fer2013": "tfds_builders.fer2013.fer2013",
     "expw": "tfds_builders.expw.expw",
@@ -35,35 +33,32 @@ def builder_class(name: str) -> type[tfds.core.GeneratorBasedBuilder]:
     raise ValueError(f"Unknown dataset {name!r}; known: {sorted(BUILDER_MODULES)}.")
   module = importlib.import_module(BUILDER_MODULES[name])
   for value in vars(module).values():
-    if (isinstance(value, type) and issubclass(value, tfds.core.GeneratorBasedBuilder)
-        and value.name == name):
+    if isinstance(value, type) and issubclass(value, tfds.core.GeneratorBasedBuilder) and value.name == name:
       return value
   raise RuntimeError(f"{BUILDER_MODULES[name]} defines no builder named {name!r}.")
 
 
 def make_builder(name: str, *, config: str | None = None, data_dir: str | None = None,
-                 overrides: dict[str, Any] | None = None,
-                 num_workers: int | None = None) -> tfds.core.DatasetBuilder:
+                 overrides: dict[str, Any] | None = None, num_workers: int | None = None) -> tfds.core.DatasetBuilder:
   """Instantiates a builder writing ArrayRecord files, with optional config field overrides.
 
-  Overrides make a new config whose name records them (e.g. `rgb96.margin=0.3`),
-  so datasets built with different settings never overwrite each other.
-  `num_workers` (decoding processes) is for builders that decode images (expw).
+  Overrides make a new config whose name records them (e.g. `rgb96.margin=0.3`), so datasets built with
+  different settings never overwrite each other. `num_workers` (decoding processes) is for expw.
   """
   cls = builder_class(name)
-  config = config or None  # "" (the config files' default) means the builder's first config.
   builder_config = None
   if cls.BUILDER_CONFIGS:
-    builder_config = cls.builder_configs[config or cls.BUILDER_CONFIGS[0].name] if (
-        config is None or config in cls.builder_configs) else None
-    if builder_config is None:
+    config = config or cls.BUILDER_CONFIGS[0].name  # "" (the config files' default) means the first config.
+    if config not in cls.builder_configs:
       raise ValueError(f"Unknown config {config!r} for {name}; known: {sorted(cls.builder_configs)}.")
+    builder_config = cls.builder_configs[config]
     if overrides:
       fields = {f.name for f in dataclasses.fields(builder_config)}
       unknown = set(overrides) - fields
       if unknown:
+        tfds_fields = {"name", "version", "release_notes", "supported_versions", "description", "tags"}
         raise ValueError(f"Unknown option(s) {sorted(unknown)} for {name}/{builder_config.name}; "
-                         f"known: {sorted(fields - {'name', 'version', 'release_notes', 'supported_versions', 'description', 'tags'})}.")
+                         f"known: {sorted(fields - tfds_fields)}.")
       suffix = ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
       builder_config = dataclasses.replace(builder_config, name=f"{builder_config.name}.{suffix}", **overrides)
   elif config or overrides:
@@ -76,9 +71,8 @@ def make_builder(name: str, *, config: str | None = None, data_dir: str | None =
   return cls(data_dir=data_dir or DEFAULT_DATA_DIR, config=builder_config, file_format="array_record", **extra)
 
 
-def build(name: str, *, manual_dir: str | None = None, config: str | None = None,
-          data_dir: str | None = None, overrides: dict[str, Any] | None = None,
-          num_workers: int | None = None) -> tfds.core.DatasetBuilder:
+def build(name: str, *, manual_dir: str | None = None, config: str | None = None, data_dir: str | None = None,
+          overrides: dict[str, Any] | None = None, num_workers: int | None = None) -> tfds.core.DatasetBuilder:
   """Builds (or reuses) dataset `name` and returns its builder."""
   builder = make_builder(name, config=config, data_dir=data_dir, overrides=overrides, num_workers=num_workers)
   download_config = tfds.download.DownloadConfig(manual_dir=os.path.expanduser(manual_dir) if manual_dir else None)
@@ -147,15 +141,11 @@ def prepared_builder(config: Any) -> tfds.core.DatasetBuilder:
 def ensure_built(config: Any) -> DatasetInfo:
   """Builds synthetic_faces if missing; for the real datasets, raises a DatasetNotBuiltError that says how.
 
-  With several hosts sharing one disk, call it on process 0 and wait for it
-  before the others read.
+  With several hosts sharing one disk, call it on process 0 and wait for it before the others read.
   """
-  builder = _builder(config)
-  if not builder.is_prepared():
-    if config.data.name not in AUTO_BUILD:
-      raise DatasetNotBuiltError(_not_built_message(config, builder))
+  if config.data.name in AUTO_BUILD and not _builder(config).is_prepared():
     build(config.data.name, config=config.data.config or None, data_dir=config.data.data_dir or None)
-  return dataset_info(config)
+  return dataset_info(config)  # Raises DatasetNotBuiltError, saying how to build it, if still missing.
 
 
 def dataset_info(config: Any) -> DatasetInfo:
@@ -168,23 +158,17 @@ def dataset_info(config: Any) -> DatasetInfo:
   aug = augment.AugmentConfig.from_config(config.data.augment)
   height, width = aug.output_hw(*image_shape[:2])
   label = features["label"]
-  return DatasetInfo(
-      name=config.data.name,
-      image_shape=(height, width, image_shape[2]),
-      eval_image_shape=image_shape,
-      num_classes=int(label.num_classes),
-      class_names=tuple(label.names),
-      num_examples={split: int(info.num_examples) for split, info in builder.info.splits.items()},
-      data_dir=str(builder.data_dir),
-  )
+  return DatasetInfo(name=config.data.name, image_shape=(height, width, image_shape[2]), eval_image_shape=image_shape,
+                     num_classes=int(label.num_classes), class_names=tuple(label.names),
+                     num_examples={split: int(info.num_examples) for split, info in builder.info.splits.items()},
+                     data_dir=str(builder.data_dir))
 
 
 def ensure_built_once(config: Any) -> DatasetInfo:
-  """ensure_built on process 0 first; the others wait, then read what it wrote.
+  """ensure_built (and the normalization statistics' cache) on process 0 first; the others wait, then read.
 
-  Building synthetic_faces (and caching normalization statistics) from every
-  process at once would race on the shared data_dir. If process 0 fails, it
-  still reaches the barrier, so every process raises instead of hanging.
+  All at once would race on the shared data_dir. Process 0 reaches the barrier even when it fails, so every
+  process then raises instead of hanging.
   """
   import jax  # pylint: disable=g-import-not-at-top  (grain workers import this module; they never build)
 

@@ -1,9 +1,7 @@
 """The face crop every part of fer_jax shares: class names, the crop window, the resize.
 
-The builders make training examples with these functions and prediction makes
-model inputs with them, so a served face is cut and scaled exactly as the
-faces the model learned from. numpy and OpenCV only (builder worker
-processes import this module).
+The builders make training examples with these and prediction its model inputs, so a served face is cut and
+scaled exactly as the faces the model learned from. numpy and OpenCV only (builder workers import this).
 """
 
 from __future__ import annotations
@@ -23,8 +21,8 @@ BoxTLRB = tuple[int, int, int, int]  # top, left, right, bottom (right/bottom ex
 def crop_window(box: BoxTLRB, height: int, width: int, margin: float) -> tuple[int, int, int, int] | None:
   """Rows y0:y1 and columns x0:x1 to crop, or None when the box does not overlap the image.
 
-  The box grows by round(margin * box height) rows above and below and
-  round(margin * box width) columns left and right (halves round up), then is clipped to the image.
+  The box grows by round(margin * box height) rows above and below and round(margin * box width) columns
+  left and right (halves round up), then is clipped to the image.
   """
   top, left, right, bottom = box
   if right <= 0 or bottom <= 0 or left >= width or top >= height:

@@ -1,25 +1,14 @@
-"""grain input pipelines over our ArrayRecord tfds datasets.
+"""grain input pipelines over our ArrayRecord tfds datasets; no JAX here (grain workers unpickle these objects).
 
-Training: an infinite stream of full, augmented batches. Each host takes a
-strided shard of the train split; `ShuffledKeyBatches` gives batch k's keys
-from a permutation of that shard drawn per epoch from (seed, epoch), and
-`TrainBatch` reads, decodes and augments the batch with grain's random_map
-rng, seeded from (seed, k). So batch k is the same whatever `num_workers`
-is (grain workers take batches k = w, w + W, ...), and the iterator's
-get_state()/set_state() resume on exactly the next batch.
-
-Evaluation: each example of the split exactly once across all hosts, padded
-to full batches with mask=False, the same number of batches on every host.
-
-Nothing here uses JAX: grain worker processes unpickle these objects (grain
-itself imports jax; the workers pin it to the CPU and never touch a device).
-
-Config read: config.data (config_schema.py documents each field),
-config.batch_size, config.eval_batch_size, config.seed.
+Training: an endless stream of full, augmented batches from each host's strided shard of the train split.
+Batch k's keys come from a per-epoch permutation seeded by (seed, epoch) and its augmentation from grain's
+random_map rng seeded by (seed, k), so batch k is the same for any `num_workers` and after a restore.
+Evaluation: each example of the split once across hosts, padded to full batches with mask=False.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -38,10 +27,12 @@ from fer_jax.data.stats import Normalizer
 from fer_jax.data.tfexample import ExampleSource
 
 
-def _local_batch_size(global_batch: int, process_count: int, what: str) -> int:
+def _local_batch_size(global_batch: int, process_index: int, process_count: int, what: str) -> int:
   if global_batch <= 0 or global_batch % process_count:
     raise ValueError(f"config.{what}={global_batch} must be a positive multiple of the "
                      f"process count {process_count} (it is the GLOBAL batch size).")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} is not in [0, {process_count}).")
   return global_batch // process_count
 
 
@@ -53,10 +44,8 @@ def _derive_seed(seed: int, *tags: int) -> int:
 class ShuffledKeyBatches:
   """grain RandomAccessDataSource: batch b of an endless stream of example keys, reshuffled each epoch.
 
-  Position i of the stream is key perm_e[i % n], with e = i // n and perm_e
-  a permutation seeded by (seed, e); batches run across epoch boundaries, so
-  all are full. Vectorised: grain's per-element shuffle/repeat/batch chain
-  cost ~30 us per image here, more than decoding.
+  Position i is key perm_e[i % n], e = i // n, perm_e seeded by (seed, e); batches span epoch boundaries,
+  so all are full. Vectorised: grain's per-element shuffle/repeat/batch cost ~30 us per image, more than decoding.
   """
 
   def __init__(self, keys: np.ndarray, batch_size: int, seed: int):
@@ -103,10 +92,8 @@ class ShuffledKeyBatches:
 class CachedExamples:
   """The decoded images and labels of `keys`, read into memory on first use; same `read_batch` as ExampleSource.
 
-  A training step on CPU can outrun reading: ArrayRecord reads and decoding
-  cost ~21 us per 48x48 image, a third of the pipeline. FER2013's training split
-  decoded is 66 MB. Each process (grain worker) loads its own copy when it
-  first reads; pickling to a worker sends only the keys.
+  Each process (grain worker) loads its own copy on first read; pickling sends only the keys. Why: reading
+  cost a third of the pipeline (docs/BENCHMARKS.md, "End to end: grain pipeline + step").
   """
 
   def __init__(self, source: ExampleSource, keys: np.ndarray, chunk: int = 1024):
@@ -139,18 +126,12 @@ def train_reader(source: ExampleSource, keys: np.ndarray, builder: tfds.core.Dat
   return CachedExamples(source, keys) if megabytes <= float(config.data.cache_max_mb) else source
 
 
+@dataclasses.dataclass
 class TrainBatch:
-  """Reads, augments and normalises one batch of example keys (grain random_map on the key batch).
-
-  grain seeds `rng` from (seed, batch index), so a batch is the same whatever
-  the worker count and after a restore.
-  """
-
-  def __init__(self, source: ExampleSource | CachedExamples, augment: augment_lib.AugmentConfig,
-               normalizer: Normalizer):
-    self.source = source
-    self.augment = augment
-    self.normalizer = normalizer
+  """Reads, augments and normalises one batch of example keys; grain's random_map seeds `rng` by (seed, batch index)."""
+  source: ExampleSource | CachedExamples
+  augment: augment_lib.AugmentConfig
+  normalizer: Normalizer
 
   def __call__(self, keys: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
     images, labels = self.source.read_batch(keys)
@@ -159,11 +140,9 @@ class TrainBatch:
 
 
 def _worker_init(worker_index: int, worker_count: int) -> None:
-  """Runs in each grain worker before it reads: one cv2 thread, and JAX pinned to the CPU.
+  """Runs in each grain worker before it reads: one cv2 thread, and JAX (which grain imports) pinned to the CPU.
 
-  `import grain` imports jax (for its profiler), so workers cannot avoid the
-  import; pinning the platform keeps an accidental device call from grabbing
-  the accelerator the trainer holds.
+  So an accidental device call cannot grab the accelerator the trainer holds.
   """
   del worker_index, worker_count
   import cv2  # pylint: disable=g-import-not-at-top
@@ -177,19 +156,13 @@ def _worker_init(worker_index: int, worker_count: int) -> None:
 def create_train_dataset(config: Any, *, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
   """Infinite stream of {'image': float32 [B_local, H', W', C], 'label': int32 [B_local]}.
 
-  B_local = config.batch_size // process_count. Each process reads only its
-  strided shard of the train split, shuffled globally (new order each epoch);
-  batches are deterministic in (config.seed, process_index, batch index).
+  B_local = config.batch_size // process_count; batches are deterministic in (config.seed, process_index, index).
   """
   builder = builders.prepared_builder(config)
-  batch_size = _local_batch_size(config.batch_size, process_count, "batch_size")
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} is not in [0, {process_count}).")
+  batch_size = _local_batch_size(config.batch_size, process_index, process_count, "batch_size")
   source = ExampleSource(builder, config.data.train_split)
   augment = augment_lib.AugmentConfig.from_config(config.data.augment)
   augment.output_hw(*builder.info.features["image"].shape[:2])  # validates crop_size early
-
-  # Batches of shuffled example keys (cheap ints); TrainBatch reads each batch in one go.
   keys = np.arange(process_index, len(source), process_count)
   if not len(keys):
     raise ValueError(f"Process {process_index} of {process_count} got no training examples "
@@ -206,54 +179,47 @@ def create_train_dataset(config: Any, *, process_index: int = 0, process_count: 
     if not flags.FLAGS.is_parsed():
       # grain's workers read absl flags; scripts not run under absl.app use the defaults.
       flags.FLAGS.mark_as_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
-                                                     per_worker_buffer_size=max(prefetch, 1)),
-                        worker_init_fn=_worker_init)
+    options = grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=max(prefetch, 1))
+    ds = ds.mp_prefetch(options, worker_init_fn=_worker_init)
   return ds
 
 
+@dataclasses.dataclass
 class EvalBatches:
   """grain RandomAccessDataSource of padded eval batches for one process."""
-
-  def __init__(self, source: ExampleSource, indices: np.ndarray, batch_size: int, num_batches: int,
-               image_shape: tuple[int, ...], normalizer: Normalizer):
-    self._source = source
-    self._indices = indices
-    self._batch_size = batch_size
-    self._num_batches = num_batches
-    self._image_shape = tuple(image_shape)
-    self._normalizer = normalizer
+  source: ExampleSource
+  indices: np.ndarray
+  batch_size: int
+  num_batches: int
+  image_shape: tuple[int, ...]
+  normalizer: Normalizer
 
   def __len__(self) -> int:
-    return self._num_batches
+    return self.num_batches
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    if not 0 <= index < self._num_batches:
+    if not 0 <= index < self.num_batches:
       raise IndexError(index)
-    indices = self._indices[index * self._batch_size:(index + 1) * self._batch_size]
-    images = np.zeros((self._batch_size, *self._image_shape), np.uint8)
-    labels = np.zeros((self._batch_size,), np.int32)
-    mask = np.zeros((self._batch_size,), bool)
-    if len(indices):
-      images[:len(indices)], labels[:len(indices)] = self._source.read_batch(indices)
-    mask[:len(indices)] = True
-    out = self._normalizer(augment_lib.to_float(images))
-    out[len(indices):] = 0.0
-    return {"image": out, "label": labels, "mask": mask}
+    indices = self.indices[index * self.batch_size:(index + 1) * self.batch_size]
+    n = len(indices)
+    images = np.zeros((self.batch_size, *self.image_shape), np.uint8)
+    labels = np.zeros((self.batch_size,), np.int32)
+    if n:
+      images[:n], labels[:n] = self.source.read_batch(indices)
+    out = self.normalizer(augment_lib.to_float(images))
+    out[n:] = 0.0
+    return {"image": out, "label": labels, "mask": np.arange(self.batch_size) < n}
 
 
 def create_eval_dataset(config: Any, split: str | None = None, *, process_index: int = 0,
                         process_count: int = 1) -> grain.IterDataset:
   """Finite batches {'image': float32, 'label': int32, 'mask': bool} of size eval_batch_size // process_count.
 
-  Process p reads examples p, p + P, ...; every process yields
-  ceil(ceil(N / P) / B_local) batches, padding with mask=False. Iterate it as
-  often as you like; images are never augmented or cropped.
+  Process p reads examples p, p + P, ...; every process yields ceil(ceil(N / P) / B_local) batches, padded
+  with mask=False. Iterate it as often as you like; images are never augmented or cropped.
   """
   builder = builders.prepared_builder(config)
-  batch_size = _local_batch_size(config.eval_batch_size, process_count, "eval_batch_size")
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} is not in [0, {process_count}).")
+  batch_size = _local_batch_size(config.eval_batch_size, process_index, process_count, "eval_batch_size")
   source = ExampleSource(builder, split or config.data.eval_split)
   total = len(source)
   indices = np.arange(process_index, total, process_count)

@@ -1,7 +1,6 @@
 """Input normalisation: per-channel mean/std of the training images, cached beside the dataset.
 
-The same statistics go into model.json, so prediction normalises faces exactly
-as training did.
+The same statistics go into model.json, so prediction normalises faces exactly as training did.
 """
 
 from __future__ import annotations
@@ -51,8 +50,7 @@ def label_counts(config: Any, split: str | None = None) -> np.ndarray:
 def normalization_stats(config: Any) -> tuple[list[float], list[float]]:
   """Per-channel (mean, std) of train images in [0, 1] units, from an evenly spaced sample.
 
-  Computed once per dataset and cached in memory and in a JSON file next to
-  the ArrayRecord files (when that folder is writable).
+  Computed once per dataset, cached in memory and in a JSON file beside the ArrayRecord files (if writable).
   """
   builder = builders.prepared_builder(config)
   split = config.data.train_split

@@ -1,8 +1,7 @@
 """Reading our ArrayRecord files: a tf.Example wire decoder several times faster than tfds's, and the record source.
 
-tfds stores uint8 image tensors as packed int64 varints, and protobuf-parsing
-those dominated reading. Nothing here uses TensorFlow or JAX (grain worker
-processes unpickle ExampleSource).
+tfds stores uint8 image tensors as packed int64 varints, and protobuf-parsing those dominated reading
+(docs/BENCHMARKS.md, "Input pipeline"). No TensorFlow or JAX here: grain workers unpickle ExampleSource.
 """
 
 from __future__ import annotations
@@ -34,12 +33,10 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 def _scan_example(record: bytes) -> dict[bytes, tuple[int, int, int]] | None:
   """Walks a serialized tf.Example: feature name -> (list field number, start, end) of its one value field.
 
-  List field numbers: 1 BytesList, 2 FloatList, 3 Int64List; (start, end)
-  delimits the packed values (or the single bytes value). Returns None for
-  anything this fast path does not expect (several bytes values, unpacked
-  ints, empty lists); callers then use the protobuf parser. Tags are single
-  bytes in tf.Example, and single-byte lengths are read inline: this loop is
-  the per-record Python cost of decode_batch.
+  List field numbers: 1 BytesList, 2 FloatList, 3 Int64List; (start, end) delimits the packed values (or the
+  one bytes value). None for anything else (several bytes values, unpacked ints, empty lists): callers then
+  use the protobuf parser. Tags are single bytes in tf.Example and single-byte lengths are read inline, as
+  this loop is decode_batch's per-record Python cost.
   """
   out = {}
   n, pos = len(record), 0
@@ -103,13 +100,10 @@ def _scan_example(record: bytes) -> dict[bytes, tuple[int, int, int]] | None:
 
 
 def _uint8_from_varints(data: np.ndarray, starts: np.ndarray, size: int) -> np.ndarray | None:
-  """Decodes concatenated packed-varint payloads known to hold uint8 values, vectorised.
+  """[len(starts), size] uint8 from packed-varint payloads at offsets `starts` of `data`; None if they don't fit.
 
-  A value v < 128 is the byte v; 128 <= v < 256 is the two bytes (v, 1). So
-  the values are exactly the bytes not preceded by a continuation byte.
-  `starts` are the payload offsets in `data`; tfds wrote each with exactly
-  `size` values, so checking the total is enough. Returns [len(starts), size]
-  uint8, or None if the bytes do not fit that.
+  A value v < 128 is the byte v, 128 <= v < 256 the two bytes (v, 1): the values are the bytes not preceded
+  by a continuation byte. tfds wrote each payload with exactly `size` values, so checking the total suffices.
   """
   continued = data >= 0x80
   ends = np.append(starts[1:], data.size)
@@ -123,16 +117,11 @@ def _uint8_from_varints(data: np.ndarray, starts: np.ndarray, size: int) -> np.n
 
 
 class ExampleDecoder:
-  """Decodes serialized tf.Examples of a fixed feature set to numpy, several times faster than tfds.
+  """Decodes serialized tf.Examples of a fixed feature set to numpy: tfds's `deserialize_example_np` values, faster.
 
-  Our images are uint8 `Tensor`s, which tfds stores as packed int64 varints,
-  and protobuf-parsing those dominates tfds's time. `decode_batch` walks the
-  wire format of a whole batch and decodes all pixels in one numpy pass;
-  records it does not expect fall back to the protobuf parser, and feature
-  types other than fixed-shape `Tensor` (encoding none/bytes/zlib), `Scalar`,
-  `ClassLabel` and `Text` to tfds's own decoding. Values match tfds's
-  `deserialize_example_np` (Text as bytes). Holds only plain data, so it
-  pickles cheaply.
+  `decode_batch` walks a whole batch's wire format and decodes all pixels in one numpy pass. Records it does
+  not expect fall back to the protobuf parser; features other than fixed-shape `Tensor` (encoding
+  none/bytes/zlib), `Scalar`, `ClassLabel` and `Text` (bytes here) to tfds's decoding. Pickles cheaply.
   """
 
   def __init__(self, features: tfds.features.FeaturesDict):
@@ -176,8 +165,7 @@ class ExampleDecoder:
         values = feature.int64_list.value if dtype.kind in "biu" else feature.float_list.value
         out[key] = np.array(values, dtype).reshape(shape)
       elif kind == "scalar":
-        out[key] = (feature.int64_list.value[0] if dtype.kind in "biu"
-                    else feature.float_list.value[0])
+        out[key] = feature.int64_list.value[0] if dtype.kind in "biu" else feature.float_list.value[0]
       elif kind == "text":
         out[key] = feature.bytes_list.value[0]
       else:  # bytes / zlib
@@ -247,8 +235,7 @@ class ExampleSource:
   def __init__(self, builder: tfds.core.DatasetBuilder, split: str):
     if split not in builder.info.splits and "[" not in split:
       raise ValueError(f"{builder.name} has no split {split!r}; it has {sorted(builder.info.splits)}.")
-    # tfds resolves the split (slices such as 'train[:10%]' included) to file
-    # instructions; we keep its raw ArrayRecord reader, which pickles without open files.
+    # tfds resolves the split (slices such as 'train[:10%]' too); its raw reader pickles without open files.
     self._records = builder.as_data_source(split=split).data_source
     self._decode = ExampleDecoder(builder.info.features)
 

@@ -1,13 +1,9 @@
-"""CPU speed-ups for training, each computing what flax/XLA computes to float32 rounding.
+"""CPU speed-ups for the training step, each computing what flax/XLA computes to float32 rounding.
 
-XLA:CPU's convolution and max-pool gradients are slow; these replace them in
-the training step only. onednn_conv.py runs oneDNN's kernels as XLA FFI
-custom calls (onednn_ffi.c, compiled on first use); im2col_conv.py does the
-same sums as matrix products; pooling.py is a 2x2 max-pool with a cheap
-gradient; dropout.py draws its masks from fewer random bits;
-host_allocator.py keeps freed memory mapped. `select(config)` says which a
-run uses and why; evaluation, prediction and export use flax's defaults, so
-exported models hold no custom call. Parameters are the same either way.
+Convolutions on oneDNN (onednn_conv.py) or as matrix products (im2col_conv.py), a 2x2 max-pool with a cheap
+gradient, dropout masks from fewer random bits, and malloc kept from unmapping (host_allocator.py).
+`select(config)` says which a run uses and why; evaluation, prediction and export use flax's defaults, so
+exported models hold no custom call. docs/BENCHMARKS.md ("What each step gained") has the measurements.
 """
 
 from __future__ import annotations
@@ -39,10 +35,8 @@ DEFAULTS = Kernels(conv=nn.Conv, pool=None, reason="flax's nn.Conv and nn.max_po
 def select(config: Any, platform: str | None = None) -> Kernels:
   """The training kernels for config.conv_impl on `platform` (default: this backend's).
 
-  `auto` on CPU: oneDNN's kernels on a single device where the library loads,
-  else im2col matrix products. oneDNN runs as XLA FFI custom calls, which have
-  no sharding rule: on a multi-device mesh XLA would gather their inputs onto
-  every device, so meshes use im2col. Elsewhere (GPU, TPU): XLA's.
+  `auto` on CPU: oneDNN's where it loads, else im2col. oneDNN's FFI custom calls have no sharding rule
+  (XLA would gather their inputs onto every device), so multi-device meshes use im2col. GPU, TPU: XLA's.
   """
   impl = config.get("conv_impl", "auto")  # Model cards written before the field existed lack it.
   platform = platform or jax.default_backend()
@@ -63,4 +57,5 @@ def select(config: Any, platform: str | None = None) -> Kernels:
 
 def _kernels(conv_module: Any, why: str) -> Kernels:
   return Kernels(conv=functools.partial(nn.Conv, conv_general_dilated=conv_module.conv_general_dilated),
-                 pool=pooling.max_pool_2x2, reason=f"{conv_module.__name__} convolutions and pooling.max_pool_2x2: {why}")
+                 pool=pooling.max_pool_2x2,
+                 reason=f"{conv_module.__name__} convolutions and pooling.max_pool_2x2: {why}")

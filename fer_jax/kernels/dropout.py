@@ -1,17 +1,9 @@
 """Dropout whose keep-mask costs a fraction of the random bits `flax.linen.Dropout` draws.
 
-`nn.Dropout` draws one 32-bit threefry value per element and compares it as a
-float; on XLA:CPU those draws were 15% of the seeds' CNN training step (XLA
-even recomputes them in the backward pass). A keep probability of k/2**b needs
-only b random bits per element: 1 bit for rate 0.5, 2 bits for rate 0.25. So
-each 32-bit draw here is cut into 32//b fields of b bits, and an element is
-kept when its field is below k. The keep probability is exactly 1 - rate for
-rates that are multiples of 1/2**16 (all the configs' rates); others use one
-32-bit draw per element, within 2**-32 of 1 - rate (flax's float compare is
-within 2**-23). Kept values are scaled by 1/(1 - rate), as in nn.Dropout.
-
-The random stream differs from nn.Dropout's, not its distribution: masks are
-still independent Bernoulli(1 - rate) draws from the module's "dropout" rng.
+A keep probability of k/2**b needs b random bits per element (1 for rate 0.5), so each 32-bit draw serves
+32//b elements; rates that are no multiple of 1/2**16 use one draw per element (within 2**-32 of 1 - rate).
+The masks are still independent Bernoulli(1 - rate) draws, from another random stream than nn.Dropout's.
+Why and what it gains: docs/BENCHMARKS.md ("What each step gained", 4).
 """
 
 from __future__ import annotations
@@ -38,9 +30,7 @@ def field_bits(keep: float) -> tuple[int, int]:
 def keep_mask(words: jax.Array, shape: tuple[int, ...], keep: float) -> jax.Array:
   """Bool mask of `shape` from uint32 `words`: flat element i reads field i // W of word i % W (W = words.size).
 
-  Field-major order keeps the index arithmetic trivial: XLA recomputes the mask
-  inside the backward pass's fused loops, and there a word-major order (a
-  div/mod per element) made the whole step slower.
+  Field-major, as a word-major order (a div/mod per element) slows the backward pass, which recomputes the mask.
   """
   b, k = field_bits(keep)
   size = math.prod(shape)

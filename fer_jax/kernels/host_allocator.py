@@ -1,16 +1,9 @@
 """Keep freed host memory in the process, so XLA:CPU's per-step buffers stop page-faulting.
 
-Every XLA:CPU execution allocates its temporary buffers afresh (for the seeds'
-CNN at batch 64, one block of ~140 MB) from one of its worker threads. glibc
-gives a non-main thread a separate arena that cannot hold a block that large, so
-each step mmap()s it and munmap()s it again, and the kernel zero-fills
-36,000-58,000 fresh pages per step: a third of the CPU time went to the kernel
-and the CNN trained at 262 instead of 353 images/s (docs/BENCHMARKS.md). Restricting malloc to the main arena
-and raising its mmap and trim thresholds lets the block be reused.
-
-`keep_freed_memory()` must run before JAX starts its threads: `fer_jax.main`
-calls it first. The cost is that up to `trim_threshold` bytes of freed memory
-stay mapped to the process. A no-op outside glibc (macOS, musl).
+glibc serves each step's large temp block (XLA allocates it from a worker thread) by mmap and munmap, so the
+kernel zero-fills tens of thousands of pages per step; one arena and high mmap/trim thresholds let the block
+be reused (docs/BENCHMARKS.md, "What each step gained", 1). `fer_jax.main` calls `keep_freed_memory()` before
+JAX starts its threads; up to `trim_threshold` freed bytes stay mapped. A no-op outside glibc.
 """
 
 from __future__ import annotations

@@ -1,20 +1,12 @@
-"""Stride-1 convolutions as matrix products (im2col), the fast route on XLA:CPU.
-
-XLA:CPU runs large matrix products well but convolutions, and above all their
-weight gradients, poorly (openxla/xla#34273): in the seeds' FER2013 CNN the
-native weight-gradient convolutions ran at a quarter of the speed of the same
-arithmetic written as a matrix product. Here a convolution is:
+"""Stride-1 convolutions as matrix products (im2col): XLA:CPU runs those far faster than its convolutions.
 
   forward       y  = patches(x) @ W           patches: [N*H*W, kh*kw*C_in], kept for the backward pass
   weight grad   dW = patches(x)^T @ dy        split into 4 row blocks so both cores work on it
   input grad    dx = col2im(dy @ W^T)         the kh*kw shifted contributions summed back
 
-The arithmetic is the convolution's own: only the order of summation changes,
-so results agree with `lax.conv_general_dilated` to float32 rounding
-(tests/im2col_conv_test.py). `conv_general_dilated` below has lax's signature,
-so it drops into `flax.linen.Conv(conv_general_dilated=...)` with the same
-parameters; cases it does not cover (strides, dilation, groups, other layouts)
-go to lax unchanged. `docs/BENCHMARKS.md` records the gain.
+Only the order of summation differs from `lax.conv_general_dilated` (tests/im2col_conv_test.py), whose
+signature `conv_general_dilated` keeps; other cases (strides, dilation, groups, layouts) go to lax unchanged.
+Measurements: docs/BENCHMARKS.md ("What each step gained", 3).
 """
 
 from __future__ import annotations
@@ -115,7 +107,5 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                            feature_group_count, batch_group_count, preferred_element_type)
   if pads is not None:
     return _conv(lhs, rhs, pads, precision)
-  return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-                                  rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-                                  feature_group_count=feature_group_count, batch_group_count=batch_group_count,
-                                  precision=precision, preferred_element_type=preferred_element_type)
+  return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                                  feature_group_count, batch_group_count, precision, preferred_element_type)

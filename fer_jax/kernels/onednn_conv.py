@@ -1,26 +1,11 @@
-"""Stride-1 convolutions on oneDNN's CPU kernels, the ones TensorFlow and PyTorch use.
+"""Stride-1 convolutions on oneDNN's CPU kernels (the `onednn-cpu-gomp` wheel), the ones TensorFlow and PyTorch use.
 
-XLA:CPU has no direct convolution kernels of this quality (openxla/xla#34273),
-and im2col (im2col_conv.py) spends most of its time building and summing
-patch matrices. oneDNN (Intel's library, the `onednn-cpu-gomp` wheel: a shared
-library, no Python code) runs the forward pass and both gradients directly on
-NHWC data, with JIT-compiled AVX-512/AVX2 kernels.
-
-Python builds oneDNN's primitives once per shape through its C API (ctypes);
-XLA runs them as FFI custom calls (onednn_ffi.c, compiled on first use with
-the system's C compiler against jaxlib's FFI headers) on its own buffers,
-inside a `custom_vjp`, so XLA still compiles and schedules everything else.
-Only the order of summation differs from `lax.conv_general_dilated`: results
-agree to float32 rounding (tests/onednn_conv_test.py). Covered: 2-D,
-NHWC/HWIO, stride 1, no dilation or groups, float32; anything else goes to
-im2col_conv, and from there to lax. Without the library or a C compiler,
-`available()` is False and training uses im2col.
-
-Threading: oneDNN uses OpenMP (libgomp) threads beside XLA's own. libgomp's
-threads busy-wait ~300,000 spins after each call, taking the cores XLA's
-threads need; this module lowers that to GOMP_SPINCOUNT=10000 (unless the
-environment sets it) before loading the library. Calls are serialised so two
-OpenMP teams never share the cores.
+Python builds oneDNN's primitives once per shape through its C API (ctypes); XLA runs them inside a
+`custom_vjp` as FFI custom calls (onednn_ffi.c, compiled on first use) on its own NHWC buffers. Results agree
+with lax to float32 rounding (tests/onednn_conv_test.py). Covered: 2-D NHWC/HWIO float32, stride 1, no
+dilation or groups; the rest goes to im2col_conv. Without the library or a C compiler `available()` is False.
+Calls are serialised and GOMP_SPINCOUNT lowered so libgomp's threads leave XLA's the cores: docs/BENCHMARKS.md
+("What each step gained", 5) has the why and the measurements.
 """
 
 from __future__ import annotations
@@ -64,33 +49,27 @@ class _Library:
     self.lib = ctypes.CDLL(path)
     self.lib.dnnl_memory_desc_get_size.restype = ctypes.c_size_t
     self.lib.dnnl_primitive_desc_query_md.restype = ctypes.c_void_p
-    self.engine, self.stream = ctypes.c_void_p(), ctypes.c_void_p()
-    self.check(self.lib.dnnl_engine_create(ctypes.byref(self.engine), _CPU_ENGINE, 0), "dnnl_engine_create")
-    self.check(self.lib.dnnl_stream_create(ctypes.byref(self.stream), self.engine, _DEFAULT_STREAM),
-               "dnnl_stream_create")
+    self.engine = self.create("dnnl_engine_create", _CPU_ENGINE, 0)
+    self.stream = self.create("dnnl_stream_create", self.engine, _DEFAULT_STREAM)
 
-  @staticmethod
-  def check(status: int, what: str) -> None:
+  def create(self, function: str, *args: Any, what: str = "") -> ctypes.c_void_p:
+    """Calls oneDNN's `function(&handle, *args)` and returns the handle; raises if it fails."""
+    handle = ctypes.c_void_p()
+    status = getattr(self.lib, function)(ctypes.byref(handle), *args)
     if status != 0:
-      raise RuntimeError(f"oneDNN's {what} returned status {status} (see dnnl_status_t in oneapi/dnnl/dnnl_types.h).")
+      raise RuntimeError(f"oneDNN's {function}{what} returned status {status} "
+                         "(see dnnl_status_t in oneapi/dnnl/dnnl_types.h).")
+    return handle
 
   def memory_desc(self, dims: Sequence[int], tag: int) -> ctypes.c_void_p:
-    desc = ctypes.c_void_p()
-    self.check(self.lib.dnnl_memory_desc_create_with_tag(ctypes.byref(desc), len(dims), _Dims(*dims), _F32, tag),
-               "dnnl_memory_desc_create_with_tag")
-    return desc
+    return self.create("dnnl_memory_desc_create_with_tag", len(dims), _Dims(*dims), _F32, tag)
 
   def primitive(self, primitive_desc: ctypes.c_void_p) -> ctypes.c_void_p:
-    primitive = ctypes.c_void_p()
-    self.check(self.lib.dnnl_primitive_create(ctypes.byref(primitive), primitive_desc), "dnnl_primitive_create")
-    return primitive
+    return self.create("dnnl_primitive_create", primitive_desc)
 
   def reorder(self, src_desc: ctypes.c_void_p, dst_desc: ctypes.c_void_p) -> ctypes.c_void_p:
-    primitive_desc = ctypes.c_void_p()
-    self.check(self.lib.dnnl_reorder_primitive_desc_create(
-        ctypes.byref(primitive_desc), src_desc, self.engine, dst_desc, self.engine, None),
-        "dnnl_reorder_primitive_desc_create")
-    return self.primitive(primitive_desc)
+    return self.primitive(self.create("dnnl_reorder_primitive_desc_create", src_desc, self.engine, dst_desc,
+                                      self.engine, None))
 
   def query_md(self, primitive_desc: ctypes.c_void_p, what: int) -> ctypes.c_void_p:
     return ctypes.c_void_p(self.lib.dnnl_primitive_desc_query_md(primitive_desc, what, 0))
@@ -99,22 +78,17 @@ class _Library:
     return np.empty(self.lib.dnnl_memory_desc_get_size(desc) // 4, np.float32)
 
 
-def _library_path() -> str:
+@functools.cache
+def load() -> _Library:
+  """The loaded library; raises OneDnnUnavailable saying what is missing."""
   try:
     files = importlib.metadata.files(_PACKAGE) or []
   except importlib.metadata.PackageNotFoundError as e:
     raise OneDnnUnavailable(f"The {_PACKAGE} package is not installed (pip install {_PACKAGE}); "
                             "or set config.conv_impl=im2col.") from e
-  for file in files:
-    if file.name == _LIBRARY:
-      return str(file.locate())
-  raise OneDnnUnavailable(f"The {_PACKAGE} package has no {_LIBRARY}; reinstall it, or set config.conv_impl=im2col.")
-
-
-@functools.cache
-def load() -> _Library:
-  """The loaded library; raises OneDnnUnavailable saying what is missing."""
-  path = _library_path()
+  path = next((str(file.locate()) for file in files if file.name == _LIBRARY), None)
+  if path is None:
+    raise OneDnnUnavailable(f"The {_PACKAGE} package has no {_LIBRARY}; reinstall it, or set config.conv_impl=im2col.")
   try:
     return _Library(path)
   except OSError as e:  # E.g. libgomp.so.1 missing.
@@ -158,17 +132,13 @@ class _Plan:
     hwio = lib.memory_desc((cout, cin, kh, kw), _TAG_HWIO)
     blocked = lib.memory_desc((cout, cin, kh, kw), _TAG_ANY)  # Let oneDNN choose: it then picks its direct kernels.
     geometry = (_Dims(1, 1), _Dims(0, 0), _Dims(pads[0][0], pads[1][0]), _Dims(pads[0][1], pads[1][1]))
-    what = f"for input {in_shape}, kernel {kernel_shape}"
-    forward, backward_data, backward_weights = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
-    lib.check(lib.lib.dnnl_convolution_forward_primitive_desc_create(
-        ctypes.byref(forward), lib.engine, _FORWARD_TRAINING, _CONVOLUTION_DIRECT, src, blocked, None, dst,
-        *geometry, None), f"convolution forward {what}")
-    lib.check(lib.lib.dnnl_convolution_backward_data_primitive_desc_create(
-        ctypes.byref(backward_data), lib.engine, _CONVOLUTION_DIRECT, src, blocked, dst, *geometry, forward, None),
-        f"convolution backward-data {what}")
-    lib.check(lib.lib.dnnl_convolution_backward_weights_primitive_desc_create(
-        ctypes.byref(backward_weights), lib.engine, _CONVOLUTION_DIRECT, src, blocked, None, dst, *geometry,
-        forward, None), f"convolution backward-weights {what}")
+    what = f" for input {in_shape}, kernel {kernel_shape}"
+    forward = lib.create("dnnl_convolution_forward_primitive_desc_create", lib.engine, _FORWARD_TRAINING,
+                         _CONVOLUTION_DIRECT, src, blocked, None, dst, *geometry, None, what=what)
+    backward_data = lib.create("dnnl_convolution_backward_data_primitive_desc_create", lib.engine,
+                               _CONVOLUTION_DIRECT, src, blocked, dst, *geometry, forward, None, what=what)
+    backward_weights = lib.create("dnnl_convolution_backward_weights_primitive_desc_create", lib.engine,
+                                  _CONVOLUTION_DIRECT, src, blocked, None, dst, *geometry, forward, None, what=what)
     # Queried descriptors point into their primitive descriptors, which are therefore never destroyed
     # (plans live as long as the process, see _plan).
     forward_weights = lib.query_md(forward, _QUERY_WEIGHTS_MD)
@@ -183,9 +153,7 @@ class _Plan:
     self.address = np.int64(ctypes.addressof(self.c_plan))  # Passed to the FFI handlers as an attribute.
 
 
-@functools.cache
-def _plan(in_shape: tuple[int, ...], kernel_shape: tuple[int, ...], pads: im2col_conv.Pads) -> _Plan:
-  return _Plan(in_shape, kernel_shape, pads)
+_plan = functools.cache(_Plan)  # One plan per (in_shape, kernel_shape, pads), kept for the process's life.
 
 
 _TARGETS = ("fer_onednn_conv_forward", "fer_onednn_conv_grads", "fer_onednn_conv_kernel_grad")
@@ -278,8 +246,6 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                                        preferred_element_type)
   if pads is not None and lhs.dtype == jnp.float32:
     return _conv(lhs, rhs, pads)
-  return im2col_conv.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-                                          rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-                                          feature_group_count=feature_group_count,
-                                          batch_group_count=batch_group_count, precision=precision,
-                                          preferred_element_type=preferred_element_type)
+  return im2col_conv.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                          dimension_numbers, feature_group_count, batch_group_count, precision,
+                                          preferred_element_type)
