@@ -1,8 +1,6 @@
-"""`python -m fer_jax.predict`: the command line of fer_jax.serving.predict (kept here so the command stays short)."""
-
-import sys
+"""`python -m fer_jax.predict`: the command line of fer_jax.serving.predict (a shorter command)."""
 
 from fer_jax.serving.predict import main
 
 if __name__ == "__main__":
-  sys.exit(main())
+  raise SystemExit(main())

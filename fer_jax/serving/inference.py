@@ -1,14 +1,8 @@
 """Inference from a training workdir or one checkpoint step, without the dataset.
 
-`load()` reads WORKDIR/model.json (written by the trainer) to rebuild the model
-and the preprocessing its training data had, then restores only the
-parameters and batch-norm statistics of a checkpoint (the optimizer state is
-not needed, so a checkpoint loads whatever optimizer trained it).
-`FaceClassifier` turns face crops into class probabilities with one
-jit-compiled function: uint8 pixels -> [0, 1] -> normalization -> centre crop
--> optional test-time augmentation (the evaluation job's views) -> softmax.
-
-The preprocessing and batching themselves (serving/classifier.py) need no jax.
+`load()` rebuilds the model from WORKDIR/model.json and restores only a checkpoint's parameters and
+batch-norm statistics (so any optimizer may have trained it); `FaceClassifier` jit-compiles uint8 faces ->
+normalization -> centre crop -> test-time augmentation (the evaluation job's views) -> softmax.
 """
 
 from __future__ import annotations
@@ -25,7 +19,7 @@ from fer_jax import checkpoint_checksums, evaluation  # evaluation: TTA here is 
 from fer_jax import model_card as model_card_lib
 from fer_jax.model_card import ModelLoadError
 from fer_jax.serving import classifier
-from fer_jax.serving.classifier import Box, Preprocessing, default_margin  # noqa: F401 (re-exported)
+from fer_jax.serving.classifier import Preprocessing
 
 TTA_CHOICES = ("none", *evaluation.TTA_VIEWS)  # "none", then the evaluation job's views
 
@@ -114,18 +108,21 @@ def resolve_checkpoint(workdir: str | None = None, checkpoint: str | None = None
   return checkpointing.step_dir(workdir, step), step, model_card or model_card_lib.path_in(workdir)
 
 
-def _shapes_mismatch(expected: Any, stored: Any) -> list[str]:
-  """Human-readable differences between the model's variables and the checkpoint's."""
-  flat_expected = {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_flatten_with_path(expected)[0]}
-  flat_stored = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in
-                 jax.tree_util.tree_flatten_with_path(stored)[0] if hasattr(x, "shape")}
+def named_leaves(tree: Any) -> list[tuple[str, Any]]:
+  """(name, leaf) of each leaf of a tree of variables, named by tree path: "params/Conv_0/kernel"."""
+  return [(jax.tree_util.keystr(path, simple=True, separator="/"), leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def shape_mismatches(expected: Any, stored: dict[str, Any], where: str) -> str:
+  """The variables of `expected` that `stored` ({name: array or array metadata}) lacks or shapes otherwise."""
   problems = []
-  for key, shape in flat_expected.items():
-    if key not in flat_stored:
-      problems.append(f"{key} {tuple(shape)} is missing from the checkpoint")
-    elif tuple(shape) != flat_stored[key]:
-      problems.append(f"{key} is {flat_stored[key]} in the checkpoint but {tuple(shape)} in the model")
-  return problems
+  for name, x in named_leaves(expected):
+    if name not in stored:
+      problems.append(f"{name} {tuple(x.shape)} is missing from {where}")
+    elif tuple(stored[name].shape) != tuple(x.shape):
+      problems.append(f"{name} is {tuple(stored[name].shape)} in {where} but {tuple(x.shape)} in the model")
+  return "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
 
 
 def model_from_card(card: dict[str, Any], card_path: str, *, margin: float | None = None,
@@ -157,11 +154,9 @@ def load(workdir: str | None = None, *, checkpoint: str | None = None, step: int
          model_card: str | None = None, margin: float | None = None, dtype: str | None = None) -> LoadedModel:
   """Rebuilds the model from model.json and restores a checkpoint's params (and batch stats).
 
-  workdir: the training workdir (latest finished step, or `step`); or
-  checkpoint: one step directory WORKDIR/checkpoints/<step> (model.json is read
-  from WORKDIR unless `model_card` says where). `dtype` overrides the config's
-  compute dtype (e.g. float32 for a bfloat16-trained model on a CPU).
-  Raises ModelLoadError with what to do when anything does not fit.
+  `workdir` (its latest finished step, or `step`) or `checkpoint` (WORKDIR/checkpoints/<step>; model.json is read
+  from WORKDIR unless `model_card` says where). `dtype` overrides the config's compute dtype (e.g. float32 for a
+  bfloat16-trained model on a CPU). Raises ModelLoadError saying what to do when anything does not fit.
   """
   import orbax.checkpoint as ocp
 
@@ -181,13 +176,13 @@ def load(workdir: str | None = None, *, checkpoint: str | None = None, step: int
   except Exception as e:  # orbax raises several types for a damaged or foreign directory
     raise ModelLoadError(
         f"{state_dir} is not a readable orbax checkpoint ({checkpoint_checksums.describe(e)}).") from e
-  problems = _shapes_mismatch(abstract, {k: stored.get(k, {}) for k in abstract})
+  stored = {name: x for name, x in named_leaves({k: stored.get(k, {}) for k in abstract}) if hasattr(x, "shape")}
+  problems = shape_mismatches(abstract, stored, "the checkpoint")
   if problems:
-    listed = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
     raise ModelLoadError(
         f"checkpoint {step_dir} does not match the model that {card_path} describes "
         f"(model={config.get('model')}, model_kwargs={config.get('model_kwargs')}, input {list(prep.input_shape)}): "
-        f"{listed}. Use the model.json of the run that wrote this checkpoint (--model_card).")
+        f"{problems}. Use the model.json of the run that wrote this checkpoint (--model_card).")
   try:
     restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
         item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract), partial_restore=True))

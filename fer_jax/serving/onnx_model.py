@@ -1,13 +1,7 @@
 """ONNX: export a model with jax2onnx, and classify faces from the .onnx file with ONNX Runtime alone.
 
-    python -m fer_jax.export --workdir runs/fer2013_cpu --format onnx --output fer2013_cpu.onnx
-    python -m fer_jax.predict --exported fer2013_cpu.onnx photo.jpg
-
-The graph takes uint8 faces [B, H, W, C] (B dynamic), cropped and resized as
-the preprocessing recorded in the file's metadata says, and does the rest
-(/255, normalisation, TTA views, softmax), like the jax.export artifact.
-Reading needs onnxruntime, OpenCV and numpy only: this module and predict's
-ONNX path import no jax (`pip install "fer_jax[onnx]"` to export).
+The graph takes uint8 faces [B, H, W, C] and does the rest, like the jax.export artifact (export.py); reading
+needs onnxruntime, OpenCV and numpy only, so this module imports no jax until it exports. docs/PREDICTION.md.
 """
 
 from __future__ import annotations
@@ -31,6 +25,7 @@ def export(loaded: Any, output: str, *, tta: str = "none", overwrite: bool = Fal
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
+  from fer_jax.serving import export as jax_export  # pylint: disable=g-import-not-at-top
   from fer_jax.serving import inference  # pylint: disable=g-import-not-at-top
 
   try:
@@ -38,16 +33,11 @@ def export(loaded: Any, output: str, *, tta: str = "none", overwrite: bool = Fal
     from jax2onnx import to_onnx  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ModelLoadError(f"ONNX export needs jax2onnx and onnx ({e}): pip install 'fer_jax[onnx]'.") from None
-  output = os.path.abspath(output)
-  if os.path.exists(output) and not overwrite:
-    raise ModelLoadError(f"{output} exists: remove it or pass --overwrite.")
+  output = jax_export.check_output(output, overwrite)
   probabilities = inference.probabilities_fn(loaded.model.apply, loaded.prep, tta)
-  variables = loaded.variables
-  model = to_onnx(lambda faces: probabilities(variables, faces),
+  model = to_onnx(lambda faces: probabilities(loaded.variables, faces),
                   [jax.ShapeDtypeStruct(("B", *loaded.prep.image_shape), jnp.uint8)])
-  metadata = {"format": FORMAT, "class_names": list(loaded.prep.class_names), "preprocessing": loaded.prep.to_json(),
-              "tta": tta, "source": {"checkpoint": loaded.checkpoint, "step": loaded.step,
-                                     "dataset": loaded.card.get("dataset"), "model": loaded.card["config"].get("model")}}
+  metadata = {"format": FORMAT, **jax_export.metadata_of(loaded, tta)}
   onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(metadata)})
   tmp = output + ".tmp"
   onnx.save_model(model, tmp)

@@ -1,25 +1,17 @@
 """Command line: the facial expression of every face in images, folders and videos.
 
-    python -m fer_jax.predict photo.jpg                 # the model bundled with fer_jax (docs/MODEL_CARD.md)
-    python -m fer_jax.predict --workdir runs/fer2013_cnn photo.jpg holiday/ clip.mp4 > faces.csv
-    python -m fer_jax.predict --checkpoint runs/fer2013_cnn/checkpoints/9000 --format jsonl crops/ --no-detect
-    python -m fer_jax.predict --exported model.fer --annotate annotated/ clip.mp4 --output faces.csv
+    python -m fer_jax.predict photo.jpg holiday/ clip.mp4 > faces.csv   # the bundled model (docs/MODEL_CARD.md)
+    python -m fer_jax.predict --workdir runs/fer2013_cnn --annotate annotated/ clip.mp4 --output faces.csv
 
-One output row per face: file, frame (0 for images), face (index in the
-frame), the box x, y, w, h, the label and one probability column per class;
-inputs that fail get a row with `error` set (and a line on stderr), and the
-rest go on. Exit status: 0 when at least one input was read, 1 when none could
-be (missing, unreadable, empty folders), 2 when the model, the checkpoint or
-the face detector cannot be loaded, the arguments are wrong or an output
-destination is not writable, 3 when writing an output failed midway (a full
-disk): then no partial output file is left (fer_jax/serving/predict_output.py).
-See docs/PREDICTION.md.
+One row per face; an input that fails gives a row with `error` set and the rest go on. Options, output, exit
+statuses and the preprocessing: docs/PREDICTION.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
 import os
 import sys
@@ -70,15 +62,10 @@ class Predictor:
             ) -> tuple[list[Box], np.ndarray]:
     """Boxes and probabilities [faces, K] of one BGR or grey video frame: the real-time unit of work."""
     detector = detector or self.detector
-    if detector is None:
-      boxes = [(0, 0, image.shape[1], image.shape[0])]
-      faces = [self.prep.face_pixels(image)]
-    else:
-      boxes = detector(image)
-      faces = [self.prep.face_pixels(image, box) for box in boxes]
-    if not faces:
+    boxes = detector(image) if detector is not None else [(0, 0, image.shape[1], image.shape[0])]
+    if not boxes:
       return [], np.zeros((0, len(self.prep.class_names)), np.float32)
-    return boxes, self.classifier(np.stack(faces))
+    return boxes, self.classifier(np.stack([self.prep.face_pixels(image, box) for box in boxes]))
 
   def rows(self, name: str, frame: int, boxes: list[Box], probs: np.ndarray) -> list[Row]:
     names = self.prep.class_names
@@ -99,28 +86,22 @@ class Predictor:
     return self.rows(name, 0, boxes, probs)
 
   def video(self, path: str | int, name: str, annotate_to: str | None = None) -> Iterator[Row]:
-    """Rows of every frame's faces (frames without faces give none), or one row with the error.
+    """Rows of every frame's faces as frames come (none for a frame without faces), or one row with the error.
 
-    `path` is a video file, or a camera index (an OpenCV capture device); rows come as frames do.
+    `path` is a video file, a stream URL or a camera index (an OpenCV capture device).
     """
     capture = cv2.VideoCapture(path)
-    ok, image = capture.read() if capture.isOpened() else (False, None)
-    self.last_read = bool(ok)
-    if not ok:
-      capture.release()
-      yield Row(name, error=f"cannot read camera {path}" if isinstance(path, int) else
-                "cannot read video (not a video, or this OpenCV has no decoder for it)")
-      return
-    smoother = smoothing.FaceSmoother(self.smooth) if self.smooth > 1 else None
-    writer = None
-    if annotate_to:
-      try:
-        writer = AnnotatedVideo(annotate_to, capture.get(cv2.CAP_PROP_FPS), (image.shape[1], image.shape[0]))
-      except OutputError:
-        capture.release()
-        raise
-    index, with_faces, finished = 0, 0, False
+    writer, index, with_faces, finished = None, 0, 0, False
     try:
+      ok, image = capture.read() if capture.isOpened() else (False, None)
+      self.last_read = bool(ok)
+      if not ok:
+        yield Row(name, error=f"cannot read camera {path}" if isinstance(path, int) else
+                  "cannot read video (not a video, or this OpenCV has no decoder for it)")
+        return
+      if annotate_to:
+        writer = AnnotatedVideo(annotate_to, capture.get(cv2.CAP_PROP_FPS), (image.shape[1], image.shape[0]))
+      smoother = smoothing.FaceSmoother(self.smooth) if self.smooth > 1 else None
       while ok:
         boxes, probs = self.frame(image)
         if smoother is not None:
@@ -144,10 +125,6 @@ class Predictor:
         writer.close(commit=finished)
     if not with_faces:
       yield Row(name, error=f"{NO_FACE} in any of the {index} frames")
-
-
-def _annotated_video_name(name: str) -> str:
-  return os.path.splitext(name)[0] + ".mp4"
 
 
 class _OneLineErrors(argparse.ArgumentParser):
@@ -205,37 +182,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_classifier(args: argparse.Namespace) -> classifier_lib.BatchedClassifier:
-  """The classifier the arguments name; ModelLoadError when it cannot be loaded.
-
-  Only an .onnx file loads without jax (onnxruntime, OpenCV and numpy are enough).
-  """
-  sources = sum(x is not None for x in (args.pretrained, args.workdir, args.checkpoint, args.exported))
-  if sources > 1:
+  """The classifier the arguments name; ModelLoadError when it cannot be loaded (an .onnx file needs no jax)."""
+  if sum(x is not None for x in (args.pretrained, args.workdir, args.checkpoint, args.exported)) > 1:
     raise ModelLoadError("give at most one of --pretrained, --workdir, --checkpoint or --exported.")
-  if sources == 0 or args.pretrained is not None:
-    if args.step is not None or args.model_card:
-      raise ModelLoadError("--step and --model_card apply to --workdir and --checkpoint only.")
-    from fer_jax.serving import pretrained  # pylint: disable=g-import-not-at-top  (jax: only when needed)
-    loaded = pretrained.load(args.pretrained or pretrained.DEFAULT, margin=args.margin, dtype=args.dtype)
-    return loaded.classifier(batch_size=args.batch_size, tta=args.tta)
   if args.exported is not None:
     if args.dtype or args.step is not None or args.model_card:
       raise ModelLoadError("--dtype, --step and --model_card do not apply to --exported artifacts.")
     if args.exported.endswith(".onnx"):
-      from fer_jax.serving import onnx_model  # pylint: disable=g-import-not-at-top
-      return onnx_model.load(args.exported).classifier(batch_size=args.batch_size, tta=args.tta, margin=args.margin)
-    from fer_jax.serving import export  # pylint: disable=g-import-not-at-top
-    return export.load(args.exported).classifier(batch_size=args.batch_size, tta=args.tta, margin=args.margin)
-  from fer_jax.serving import inference  # pylint: disable=g-import-not-at-top
-  loaded = inference.load(args.workdir, checkpoint=args.checkpoint, step=args.step, model_card=args.model_card,
-                          margin=args.margin, dtype=args.dtype)
+      from fer_jax.serving import onnx_model as artifact  # pylint: disable=g-import-not-at-top
+    else:
+      from fer_jax.serving import export as artifact  # pylint: disable=g-import-not-at-top
+    return artifact.load(args.exported).classifier(batch_size=args.batch_size, tta=args.tta, margin=args.margin)
+  if args.workdir is None and args.checkpoint is None:
+    if args.step is not None or args.model_card:
+      raise ModelLoadError("--step and --model_card apply to --workdir and --checkpoint only.")
+    from fer_jax.serving import pretrained  # pylint: disable=g-import-not-at-top  (jax: only when needed)
+    loaded = pretrained.load(args.pretrained or pretrained.DEFAULT, margin=args.margin, dtype=args.dtype)
+  else:
+    from fer_jax.serving import inference  # pylint: disable=g-import-not-at-top
+    loaded = inference.load(args.workdir, checkpoint=args.checkpoint, step=args.step, model_card=args.model_card,
+                            margin=args.margin, dtype=args.dtype)
   return loaded.classifier(batch_size=args.batch_size, tta=args.tta)
-
-
-def _quiet_libraries() -> None:
-  # Orbax logs (absl) every restore at WARNING/INFO; keep stderr for our per-file messages.
-  import logging
-  logging.getLogger("absl").setLevel(logging.ERROR)
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -251,18 +218,13 @@ def check_options(args: argparse.Namespace) -> None:
   if args.smooth < 1:
     raise ValueError(f"--smooth {args.smooth} must be >= 1 (1: no smoothing).")
   if args.show:
-    check_display()
-
-
-def check_display() -> None:
-  """ValueError saying why --show cannot open a window here."""
-  if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-    raise ValueError("--show needs a display, and neither $DISPLAY nor $WAYLAND_DISPLAY is set.")
-  try:
-    cv2.namedWindow(SHOW_WINDOW)
-  except cv2.error as e:
-    raise ValueError("--show: this OpenCV cannot open windows (opencv-python-headless has no GUI; "
-                     f"`pip install opencv-python` has one): {str(e).strip().splitlines()[-1]}") from None
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+      raise ValueError("--show needs a display, and neither $DISPLAY nor $WAYLAND_DISPLAY is set.")
+    try:
+      cv2.namedWindow(SHOW_WINDOW)
+    except cv2.error as e:
+      raise ValueError("--show: this OpenCV cannot open windows (opencv-python-headless has no GUI; "
+                       f"`pip install opencv-python` has one): {str(e).strip().splitlines()[-1]}") from None
 
 
 def create_detectors(args: argparse.Namespace, say: Callable[[str], None]) -> list[Callable[[np.ndarray], list[Box]]]:
@@ -284,7 +246,7 @@ def create_detectors(args: argparse.Namespace, say: Callable[[str], None]) -> li
 
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
-  _quiet_libraries()
+  logging.getLogger("absl").setLevel(logging.ERROR)  # orbax logs every restore; stderr is for per-input lines
   say = lambda message: print(f"predict: {message}", file=sys.stderr, flush=True)
   try:
     check_options(args)
@@ -294,39 +256,35 @@ def main(argv: list[str] | None = None) -> int:
       check_writable(args.annotate, "--annotate", folder=True)
     detectors = [None, None] if args.no_detect else create_detectors(args, say)
     classifier = load_classifier(args)
+    writer = RowWriter(args.output, args.format, classifier.class_names)
   except (ModelLoadError, face_detection.DetectorUnavailableError, OutputError, ValueError) as e:
     say(f"error: {e}")
     return 2
   predictor = Predictor(classifier, *detectors, smooth=args.smooth, show=args.show)
-  try:
-    writer = RowWriter(args.output, args.format, classifier.class_names)
-  except OutputError as e:
-    say(f"error: {e}")
-    return 2
   start = time.perf_counter()
   read = faces = errors = 0
   camera = [] if args.camera is None else [
       Input("camera", int(args.camera) if args.camera.isdigit() else args.camera, f"camera:{args.camera}", "camera")]
   try:
     for item in [*camera, *expand_inputs(args.inputs)]:
+      target = os.path.join(args.annotate, item.annotate_name) if args.annotate else None
       if item.kind == "error":
         rows = [Row(item.name, error=item.error)]
       elif item.kind == "image":
-        target = os.path.join(args.annotate, item.annotate_name) if args.annotate else None
         rows = predictor.image(item.path, item.name, target)
-        read += predictor.last_read
       else:
-        target = os.path.join(args.annotate, _annotated_video_name(item.annotate_name)) if args.annotate else None
-        rows = []
-        for row in predictor.video(item.path, item.name, target):
-          rows.append(row)
-          if len(rows) >= (1 if item.kind == "camera" else 256):  # stream long videos and cameras
-            counts = _emit(writer, rows, say)
-            faces, errors, rows = faces + counts[0], errors + counts[1], []
-            writer.flush()  # A camera's rows reach the file or pipe as its frames come.
+        rows = predictor.video(item.path, item.name, target and os.path.splitext(target)[0] + ".mp4")
+      for count, row in enumerate(rows, 1):
+        writer.write(row)
+        if row.error is None:
+          faces += 1
+        else:
+          errors += 1
+          say(f"{row.file}: {row.error}")
+        if item.kind == "camera" or count % 256 == 0:
+          writer.flush()  # a camera's rows reach the file or pipe as its frames come; long videos stream
+      if item.kind != "error":
         read += predictor.last_read
-      counts = _emit(writer, rows, say)
-      faces, errors = faces + counts[0], errors + counts[1]
       writer.flush()
     writer.close(commit=True)
   except OutputError as e:
@@ -348,16 +306,6 @@ def main(argv: list[str] | None = None) -> int:
     say("error: no input could be read.")
     return 1
   return 0
-
-
-def _emit(writer: RowWriter, rows: list[Row], say: Callable[[str], None]) -> tuple[int, int]:
-  """Writes rows, reports their errors on stderr; returns (faces, errors)."""
-  for row in rows:
-    writer.write(row)
-    if row.error is not None:
-      say(f"{row.file}: {row.error}")
-  errors = sum(row.error is not None for row in rows)
-  return len(rows) - errors, errors
 
 
 if __name__ == "__main__":

@@ -1,19 +1,17 @@
 """What predict writes: result rows (CSV or JSON lines) and annotated copies, never half a file.
 
-Each file is written under a temporary name beside its target (`.NAME.partial-PID`)
-and renamed into place when complete. A write that fails (a full disk, a
-read-only folder) removes the temporary file and raises OutputError, which
-predict turns into one error line and exit status 3. `check_writable` finds an
-unwritable destination at start-up, before any model is loaded.
+Each file is written as `.NAME.partial-PID` beside its target and renamed into place when complete; a failed
+write (a full disk) removes it and raises OutputError, which predict turns into one line and exit status 3.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import sys
-from typing import Any, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 import cv2
 import numpy as np
@@ -31,10 +29,6 @@ def _partial(path: str) -> str:
   return os.path.join(folder, f".{stem}.partial-{os.getpid()}{ext}")  # same extension: OpenCV picks by it
 
 
-def _why(error: BaseException) -> str:
-  return getattr(error, "strerror", None) or str(error) or type(error).__name__
-
-
 def _remove(path: str) -> None:
   try:
     os.remove(path)
@@ -42,19 +36,26 @@ def _remove(path: str) -> None:
     pass
 
 
+@contextlib.contextmanager
+def _writing(what: str, path: str, cleanup: Callable[[], None] = lambda: None) -> Iterator[None]:
+  """Turns an OSError inside into OutputError("cannot write WHAT PATH: why"), after calling `cleanup`."""
+  try:
+    yield
+  except OSError as e:
+    cleanup()
+    raise OutputError(f"cannot write {what} {path}: {e.strerror or str(e) or type(e).__name__}") from None
+
+
 def check_writable(path: str, what: str, *, folder: bool = False) -> None:
   """OutputError now when `path` (a file, or with `folder` a directory) could not be written later."""
   target_dir = path if folder else (os.path.dirname(os.path.abspath(path)) or ".")
   probe = os.path.join(target_dir, f".fer_jax_probe-{os.getpid()}")
-  try:
+  with _writing(what, path, lambda: _remove(probe)):
     os.makedirs(target_dir, exist_ok=True)
     with open(probe, "wb") as f:
       f.write(b"\0" * 4096)
       f.flush()
       os.fsync(f.fileno())
-  except OSError as e:
-    _remove(probe)
-    raise OutputError(f"cannot write {what} {path}: {_why(e)}") from None
   _remove(probe)
 
 
@@ -67,53 +68,45 @@ class RowWriter:
   def __init__(self, path: str | None, fmt: str, class_names: tuple[str, ...]):
     self.path, self.fmt, self.class_names = path, fmt, class_names
     self._tmp = None if path is None else _partial(path)
-    try:
+    with _writing("--output", path):
       self.out: TextIO = sys.stdout if path is None else open(self._tmp, "w", newline="")
-    except OSError as e:
-      raise OutputError(f"cannot write --output {path}: {_why(e)}") from None
     if fmt == "csv":
       self._csv = csv.writer(self.out, lineterminator="\n")
-      self._guard(lambda: self._csv.writerow(["file", "frame", "face", "x", "y", "w", "h", "label", *class_names,
-                                              "error"]))
+      with self._guard():
+        self._csv.writerow(["file", "frame", "face", "x", "y", "w", "h", "label", *class_names, "error"])
 
-  def _guard(self, write: Any) -> None:
-    try:
-      write()
-    except OSError as e:
-      self.close(commit=False)
-      raise OutputError(f"cannot write --output {self.path or 'stdout'}: {_why(e)}") from None
+  def _guard(self) -> contextlib.AbstractContextManager[None]:
+    """For writes to the output: an OSError removes the partial file and becomes OutputError."""
+    return _writing("--output", self.path or "stdout", lambda: self.close(commit=False))
 
   def write(self, row: Any) -> None:
     probs = None if row.probabilities is None else [round(float(p), 6) for p in row.probabilities]
-    if self.fmt == "csv":
-      box = list(row.box) if row.box is not None else [""] * 4
-      values = [row.file, _blank(row.frame), _blank(row.face), *box, _blank(row.label),
-                *(probs if probs is not None else [""] * len(self.class_names)), _blank(row.error)]
-      self._guard(lambda: self._csv.writerow(values))
-    else:
-      line = json.dumps({
-          "file": row.file, "frame": row.frame, "face": row.face,
-          "box": list(row.box) if row.box is not None else None, "label": row.label,
-          "probabilities": dict(zip(self.class_names, probs)) if probs is not None else None,
-          "error": row.error}) + "\n"
-      self._guard(lambda: self.out.write(line))
+    with self._guard():
+      if self.fmt == "csv":
+        box = list(row.box) if row.box is not None else [""] * 4
+        self._csv.writerow([row.file, _blank(row.frame), _blank(row.face), *box, _blank(row.label),
+                            *(probs if probs is not None else [""] * len(self.class_names)), _blank(row.error)])
+      else:
+        self.out.write(json.dumps({
+            "file": row.file, "frame": row.frame, "face": row.face,
+            "box": list(row.box) if row.box is not None else None, "label": row.label,
+            "probabilities": dict(zip(self.class_names, probs)) if probs is not None else None,
+            "error": row.error}) + "\n")
 
   def flush(self) -> None:
-    self._guard(self.out.flush)
+    with self._guard():
+      self.out.flush()
 
   def close(self, *, commit: bool) -> None:
     """Closes the file; with `commit`, renames it into place (OutputError when that fails), else removes it."""
     if self._tmp is None or self.out.closed:
       return
-    try:
+    with _writing("--output", self.path, lambda: _remove(self._tmp)):
       self.out.close()
       if commit:
         os.replace(self._tmp, self.path)
-        return
-    except OSError as e:
+    if not commit:
       _remove(self._tmp)
-      raise OutputError(f"cannot write --output {self.path}: {_why(e)}") from None
-    _remove(self._tmp)
 
 
 def _blank(value: Any) -> Any:
@@ -140,14 +133,11 @@ def draw(image: np.ndarray, boxes: list[Box], probs: np.ndarray, class_names: tu
 def write_bytes(path: str, data: bytes) -> None:
   """`data` to `path` through a temporary file; OutputError (and nothing left behind) when it fails."""
   tmp = _partial(path)
-  try:
+  with _writing("the annotated copy", path, lambda: _remove(tmp)):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(tmp, "wb") as f:
       f.write(data)
     os.replace(tmp, path)
-  except OSError as e:
-    _remove(tmp)
-    raise OutputError(f"cannot write the annotated copy {path}: {_why(e)}") from None
 
 
 def write_image(path: str, image: np.ndarray) -> str:
@@ -168,10 +158,8 @@ class AnnotatedVideo:
 
   def __init__(self, path: str, fps: float, size: tuple[int, int]):
     self.path, self._tmp, self.frames = path, _partial(path), 0
-    try:
+    with _writing("the annotated video", path):
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    except OSError as e:
-      raise OutputError(f"cannot write the annotated video {path}: {_why(e)}") from None
     self._writer = cv2.VideoWriter(self._tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps if fps > 0 else 25.0, size)
     if not self._writer.isOpened():
       _remove(self._tmp)
@@ -195,8 +183,5 @@ class AnnotatedVideo:
       _remove(self._tmp)
       raise OutputError(f"cannot write the annotated video {self.path}: {written} of {self.frames} frames "
                         "came out (is the disk full?)")
-    try:
+    with _writing("the annotated video", self.path, lambda: _remove(self._tmp)):
       os.replace(self._tmp, self.path)
-    except OSError as e:
-      _remove(self._tmp)
-      raise OutputError(f"cannot write the annotated video {self.path}: {_why(e)}") from None

@@ -1,18 +1,8 @@
-"""The models that ship with fer_jax, so that prediction works on a fresh install with no training.
+"""The models that ship with fer_jax (fer_jax/serving/weights/<name>/), so prediction needs no training.
 
-    python -m fer_jax.predict photo.jpg                     # uses the bundled fer2013_cpu model
-    python -m fer_jax.pretrained --workdir runs/fer2013_cpu --step 14784 --name fer2013_cpu   # (re)make it
+    python -m fer_jax.pretrained --workdir runs/fer2013_cpu --step N --name fer2013_cpu   # (re)make one
 
-A bundle is a folder `fer_jax/serving/weights/<name>/` inside the package:
-  model.json   the training run's model card (what inference.model_from_card
-               reads: config, class names, image shape, normalization), plus a
-               "bundle" entry: the source checkpoint step and its validation
-               accuracy, and the command that trained it.
-  params.npz   the inference variables (parameters and batch-norm statistics)
-               as float32 arrays named by their tree path, e.g.
-               "params/Conv_0/kernel"; no optimizer state.
-
-See docs/MODEL_CARD.md for what the bundled model is and is not good for.
+A bundle's files: docs/PREDICTION.md, "Bundled models"; what the shipped model is good for: docs/MODEL_CARD.md.
 """
 
 from __future__ import annotations
@@ -45,17 +35,10 @@ def bundle_dir(name: str = DEFAULT, weights_dir: str | None = None) -> str:
   return os.path.join(weights_dir or WEIGHTS_DIR, name)
 
 
-def _flat_names(tree: Any) -> list[tuple[str, Any]]:
-  import jax
-
-  return [(jax.tree_util.keystr(path, simple=True, separator="/"), leaf)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
-
-
 def write(loaded: inference.LoadedModel, output: str, *, extra: dict[str, Any] | None = None) -> str:
   """Writes `loaded` (an inference.LoadedModel) as a bundle folder `output`; returns its path."""
   os.makedirs(output, exist_ok=True)
-  arrays = {name: np.asarray(leaf, np.float32) for name, leaf in _flat_names(loaded.variables)}
+  arrays = {name: np.asarray(leaf, np.float32) for name, leaf in inference.named_leaves(loaded.variables)}
   card = dict(loaded.card)
   card["bundle"] = {"step": loaded.step, **(extra or {})}
   tmp = os.path.join(output, ".params.tmp.npz")
@@ -85,12 +68,11 @@ def load(name: str = DEFAULT, *, weights_dir: str | None = None, margin: float |
       arrays = {k: stored[k] for k in stored.files}
   except (OSError, ValueError) as e:
     raise inference.ModelLoadError(f"{params_path} is not a readable .npz file ({e}); reinstall fer_jax.") from e
-  expected = _flat_names(abstract)
-  problems = [f"{n} {tuple(x.shape)}" for n, x in expected if n not in arrays or arrays[n].shape != x.shape]
+  problems = inference.shape_mismatches(abstract, arrays, "the bundle")
   if problems:
-    raise inference.ModelLoadError(f"{params_path} does not match the model {card_path} describes: missing or "
-                                   f"misshapen {', '.join(problems[:4])}; reinstall fer_jax.")
-  leaves = [jax.device_put(arrays[n].astype(x.dtype), x.sharding) for n, x in expected]
+    raise inference.ModelLoadError(f"{params_path} does not match the model {card_path} describes: {problems}; "
+                                   "reinstall fer_jax.")
+  leaves = [jax.device_put(arrays[n].astype(x.dtype), x.sharding) for n, x in inference.named_leaves(abstract)]
   variables = jax.tree.unflatten(jax.tree.structure(abstract), leaves)
   return inference.LoadedModel(model=model, variables=variables, prep=prep, card=card, checkpoint=folder,
                                step=card.get("bundle", {}).get("step"))
