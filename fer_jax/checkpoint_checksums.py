@@ -1,15 +1,8 @@
 """Checksums of finalized checkpoint steps, so that a damaged step is named and never used.
 
-Orbax reads a damaged array file without complaint when the damage keeps its
-framing (a flipped byte gives NaNs or wrong weights, silently). So once orbax
-has finalized WORKDIR/checkpoints/<step>/, `seal` writes
-<step>/checksums.json: the size and SHA-256 of every file under the step
-(state/ and data/). `verify` recomputes them and raises
-DamagedCheckpointError naming the step, the file and what failed (missing,
-resized, changed). Restore (train.py), the evaluation job and inference call
-it before reading a step. A step without checksums.json (written before this
-module existed, or finalized by a run killed within milliseconds of it) is
-read as before, with a warning from the caller.
+Orbax reads a damaged array file without complaint (a flipped byte gives NaNs or wrong weights). So `seal`
+writes <step>/checksums.json, the size and SHA-256 of every file under a finalized step, and `verify` checks
+them before a step is read (docs/GUARANTEES.md, "Damaged checkpoints").
 """
 
 from __future__ import annotations
@@ -33,17 +26,6 @@ def describe(error: Exception) -> str:
   return f"{type(error).__name__}: {text[0][:300]}" if text else type(error).__name__
 
 
-def _files(step_dir: str) -> list[str]:
-  """Paths relative to step_dir of every file under it except the checksum file, sorted."""
-  found = []
-  for root, _, files in os.walk(step_dir):
-    for name in files:
-      rel = os.path.relpath(os.path.join(root, name), step_dir)
-      if rel != CHECKSUM_FILE:
-        found.append(rel)
-  return sorted(found)
-
-
 def _sha256(path: str) -> str:
   digest = hashlib.sha256()
   with open(path, "rb") as f:
@@ -60,12 +42,15 @@ def seal(step_dir: str) -> float:
   """Writes step_dir/checksums.json (tmp + rename); returns the seconds it took."""
   start = time.perf_counter()
   entries = {}
-  for rel in _files(step_dir):
-    path = os.path.join(step_dir, rel)
-    entries[rel] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      path = os.path.join(root, name)
+      rel = os.path.relpath(path, step_dir)
+      if rel != CHECKSUM_FILE:
+        entries[rel] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
   tmp = os.path.join(step_dir, f".{CHECKSUM_FILE}.tmp")
-  with open(tmp, "w") as f:
-    json.dump({"algorithm": "sha256", "files": entries}, f, indent=1)
+  with open(tmp, "w") as f:  # sort_keys: the same file whatever order os.walk lists the files in.
+    json.dump({"algorithm": "sha256", "files": entries}, f, indent=1, sort_keys=True)
   os.replace(tmp, os.path.join(step_dir, CHECKSUM_FILE))
   return time.perf_counter() - start
 
@@ -87,10 +72,7 @@ def seal_finalized(checkpoint_root: str) -> list[int]:
 
 
 def verify(step_dir: str) -> float | None:
-  """Seconds taken when every file matches; None when the step has no checksums.
-
-  Raises DamagedCheckpointError naming the step directory and the first file that fails.
-  """
+  """Seconds taken when every file matches, None without checksums; else DamagedCheckpointError naming the file."""
   start = time.perf_counter()
   path = os.path.join(step_dir, CHECKSUM_FILE)
   if not os.path.isfile(path):

@@ -1,11 +1,8 @@
-"""Orbax checkpoints of the training state and the input iterator.
+"""Orbax checkpoints of the training state and the input iterator, and the start-up checks of the workdir.
 
-Layout: WORKDIR/checkpoints/<step>/{state,data}. `state` holds parameters,
-batch-norm statistics, optimizer state and step; `data` the grain iterator's
-position (one file per process), so a restart continues on exactly the next
-batch. Saves are asynchronous; orbax writes each step into a temporary
-directory and renames it when complete, so readers only ever see finalized steps;
-a writable manager deletes the temporary directories a killed run left behind.
+Layout: WORKDIR/checkpoints/<step>/{state,data}: `state` holds parameters, batch-norm statistics, optimizer
+state and step; `data` the grain iterator's position (one file per process). docs/GUARANTEES.md ("Resume")
+says why a killed save never leaves a step that looks finished.
 """
 
 from __future__ import annotations
@@ -62,8 +59,7 @@ def create_manager(workdir: str, config: ml_collections.ConfigDict | None = None
         checkpoint_managers.BestN(get_metric_fn=lambda m: m[VAL_ACCURACY], n=config.keep_best_checkpoints,
                                   keep_checkpoints_without_metrics=False),
     ])
-    # A save cut short by a kill leaves <step>.orbax-checkpoint-tmp-*; never listed as a step, removed here.
-    # Right after each step is finalized, process 0 writes its checksums (checkpoint_checksums.py).
+    # cleanup_tmp_directories: a save cut short by a kill leaves <step>.orbax-checkpoint-tmp-*, removed here.
     seal = (lambda: checkpoint_checksums.seal_finalized(checkpoint_dir(workdir))) if jax.process_index() == 0 else None
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=True,
                                            cleanup_tmp_directories=True,
@@ -75,8 +71,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator: g
          metrics: dict[str, float] | None) -> None:
   """Starts an asynchronous save; `metrics` holds val_accuracy for best-checkpoint selection.
 
-  None (a save on a preemption notice, without validation) keeps the step out of
-  the best-N ranking; the latest-N policy still keeps it.
+  None (a preemption save, not validated) keeps the step out of the best-N ranking; latest-N still keeps it.
   """
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
@@ -106,8 +101,8 @@ def restore_newest_intact(manager: ocp.CheckpointManager, workdir: str, abstract
                           data_iterator: grain.DatasetIterator | None = None) -> tuple[Any, int] | None:
   """(state, step) of the newest step that verifies and restores; None when there is no step.
 
-  A damaged step is named in a warning and moved to WORKDIR/damaged_checkpoints
-  (process 0), never used; when every step is damaged, DamagedCheckpointError.
+  A damaged step is named in a warning and moved to WORKDIR/damaged_checkpoints (by process 0), never used;
+  when every step is damaged, DamagedCheckpointError.
   """
   steps = sorted(manager.all_steps(), reverse=True)
   problems = []
@@ -122,7 +117,10 @@ def restore_newest_intact(manager: ocp.CheckpointManager, workdir: str, abstract
       problems.append(f"step {step}: {reason}")
       logging.warning("Checkpoint step %d in %s is damaged (%s): not used; it goes to %s.", step,
                       checkpoint_dir(workdir), reason, damaged_dir(workdir))
-      _set_aside(workdir, step)
+      if jax.process_index() == 0:
+        os.makedirs(damaged_dir(workdir), exist_ok=True)
+        target = os.path.join(damaged_dir(workdir), f"{step}.{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(step_dir(workdir, step), target)
       continue
     if problems:
       manager.reload()
@@ -133,14 +131,6 @@ def restore_newest_intact(manager: ocp.CheckpointManager, workdir: str, abstract
         f"Every checkpoint in {checkpoint_dir(workdir)} is damaged ({'; '.join(problems)}); they were moved to "
         f"{damaged_dir(workdir)}. Rerun to start afresh, or restore a good copy of the workdir.")
   return None
-
-
-def _set_aside(workdir: str, step: int) -> None:
-  if jax.process_index() != 0:
-    return
-  os.makedirs(damaged_dir(workdir), exist_ok=True)
-  target = os.path.join(damaged_dir(workdir), f"{step}.{time.strftime('%Y%m%dT%H%M%S')}")
-  os.replace(step_dir(workdir, step), target)
 
 
 class WorkdirError(OSError):
@@ -155,10 +145,8 @@ def state_bytes(abstract_state: Any) -> int:
 def check_workdir(workdir: str, checkpoint_bytes: int, keep: int) -> None:
   """Fails at start-up, before any compute, if checkpoints could not be written to `workdir`.
 
-  Writes and removes a probe file (a read-only mount fails here, not at the
-  first save) and compares free space with `keep` + 1 checkpoints (the one in
-  flight) plus 10%; orbax would otherwise fail mid-save, leaving only a
-  temporary directory (never a corrupt finalized step).
+  Writes and removes a probe file (a read-only mount fails here, not at the first save) and compares free
+  space with `keep` + 1 checkpoints (the one in flight) plus 10%, rather than fail mid-save.
   """
   workdir = os.path.abspath(workdir)
   probe = os.path.join(workdir, f".fer_jax_write_probe.{socket.gethostname()}.{os.getpid()}")

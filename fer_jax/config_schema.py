@@ -1,8 +1,7 @@
 """Every config field fer_jax reads, with its default, and the start-up check of values.
 
-configs/*.py start from `base_config()` and change what they need, so a field
-misspelt in a config file or on the command line (`--config.lerning_rate=…`)
-fails at start-up instead of being silently ignored.
+configs/*.py start from `base_config()`, so a field misspelt in a config file or on the command line
+(`--config.lerning_rate=…`) fails at start-up instead of being silently ignored.
 """
 
 from __future__ import annotations
@@ -16,16 +15,8 @@ import ml_collections
 from fer_jax import evaluation, models, optimizers
 from fer_jax.data import augment, stats
 
-# Each choice list comes from the code that implements the choices.
 OPTIMIZERS = optimizers.OPTIMIZERS
 SCHEDULES = optimizers.SCHEDULES
-DTYPES = ("float32", "bfloat16")
-NORMALIZATIONS = stats.NORMALIZATIONS
-CLASS_WEIGHTS = ("none", "balanced")
-TTA_VIEWS = evaluation.TTA_VIEWS
-EVAL_SPLITS = ("train", "validation", "test")
-NONFINITE = ("stop", "skip")
-CONV_IMPLS = ("auto", "onednn", "im2col", "xla")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -144,11 +135,12 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
   for field, value in _leaves(config):
     if isinstance(value, float) and not math.isfinite(value):
       _fail(field, value, "must be a finite number")
-  choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "dtype": DTYPES,
-             "data.normalization": NORMALIZATIONS, "class_weights": CLASS_WEIGHTS,
-             "eval.split": EVAL_SPLITS, "nonfinite": NONFINITE, "model": tuple(models.MODELS),
-             "conv_impl": CONV_IMPLS, "data.augment.erasing_fill": augment.ERASING_FILLS,
-             "data.augment.border": tuple(augment.BORDERS)}
+  # Choices implemented elsewhere come from the code that implements them.
+  choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "dtype": ("float32", "bfloat16"),
+             "data.normalization": stats.NORMALIZATIONS, "class_weights": ("none", "balanced"),
+             "eval.split": ("train", "validation", "test"), "nonfinite": ("stop", "skip"),
+             "model": tuple(models.MODELS), "conv_impl": ("auto", "onednn", "im2col", "xla"),
+             "data.augment.erasing_fill": augment.ERASING_FILLS, "data.augment.border": tuple(augment.BORDERS)}
   for field, allowed in choices.items():
     value = config
     for part in field.split("."):
@@ -165,13 +157,12 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
   except ValueError as e:
     raise ConfigError(f"config.data.augment is not allowed: {e}") from None
   for view in tta_views(config):
-    if view not in TTA_VIEWS:
-      _fail("eval.tta", config.eval.tta, "comma-separated views from " + ", ".join(TTA_VIEWS))
+    if view not in evaluation.TTA_VIEWS:
+      _fail("eval.tta", config.eval.tta, "comma-separated views from " + ", ".join(evaluation.TTA_VIEWS))
   if "ten_crop" in tta_views(config) and not config.data.augment.crop_size:
     _fail("eval.tta", config.eval.tta, "ten_crop needs data.augment.crop_size > 0 (the crop the model was trained on)")
-  positive = ["batch_size", "eval_batch_size", "learning_rate", "log_every_steps", "eval_every_steps",
-              "checkpoint_every_steps", "keep_checkpoints"]
-  for field in positive:
+  for field in ("batch_size", "eval_batch_size", "learning_rate", "log_every_steps", "eval_every_steps",
+                "checkpoint_every_steps", "keep_checkpoints"):
     if not config[field] > 0:
       _fail(field, config[field], "must be > 0")
   if config.num_train_steps <= 0 and not config.num_epochs > 0:
@@ -180,9 +171,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
     _fail("data.num_workers", config.data.num_workers, "must be >= 0")
   if config.data.get("cache_max_mb", 0) < 0:
     _fail("data.cache_max_mb", config.data.cache_max_mb, "must be >= 0 (0 = never cache)")
-  for field in ("label_smoothing",):
-    if not 0.0 <= config[field] < 1.0:
-      _fail(field, config[field], "must be in [0, 1)")
+  if not 0.0 <= config.label_smoothing < 1.0:
+    _fail("label_smoothing", config.label_smoothing, "must be in [0, 1)")
   for field in ("batch_size", "eval_batch_size"):
     if config[field] % num_devices:
       _fail(field, config[field], f"must divide evenly over the {num_devices} devices; "

@@ -1,24 +1,8 @@
 """Multi-process start-up and the few cross-process steps the trainer needs.
 
-One JAX process runs per TPU VM worker, per GPU (or per GPU node), or per
-simulated CPU host; `initialize()` joins them into one JAX runtime before
-anything touches a device, so `jax.devices()` lists every process's devices
-and one jitted step runs data-parallel over all of them.
-
-When a run is multi-process (`mode="auto"`):
-  * explicit: a coordinator address (flag or $JAX_COORDINATOR_ADDRESS) with
-    the process count and id (flags or $JAX_NUM_PROCESSES / $JAX_PROCESS_ID);
-  * SLURM (`srun`, more than one task) and Open MPI (`mpirun`): JAX reads the
-    coordinator, count and id from the launcher's environment;
-  * Cloud TPU VMs: JAX asks the TPU metadata server (a one-worker VM simply
-    becomes a 1-process run).
-`mode="on"` always initializes (JAX detects what the arguments leave out);
-`mode="off"` never does (e.g. an evaluation job on the CPU of a TPU worker).
-
-Only the launching process may call `initialize()`: grain's worker processes
-are spawned and import the main module, so call it from `main()` under
-`if __name__ == "__main__"`, never at import time; it refuses to run in a
-multiprocessing child.
+`initialize()` joins the processes of a multi-process run (explicit flags or $JAX_* variables, SLURM, Open MPI,
+a Cloud TPU VM) into one JAX runtime before anything touches a device. docs/MULTIHOST.md says when each applies
+and why only the launching process (never a grain worker) may call it.
 """
 
 from __future__ import annotations
@@ -79,8 +63,7 @@ def detect(coordinator_address: str | None = None, num_processes: int | None = N
            process_id: int | None = None, env: Mapping[str, str] | None = None) -> str | None:
   """Why this run is multi-process ('explicit', 'slurm', 'openmpi', 'tpu_vm'), or None if it is not.
 
-  A pure function of the arguments and `env` (default os.environ), so the
-  launch logic is testable without a cluster.
+  A pure function of the arguments and `env` (default os.environ): testable without a cluster.
   """
   env = os.environ if env is None else env
   if coordinator_address or env.get("JAX_COORDINATOR_ADDRESS") or num_processes is not None \
@@ -97,27 +80,21 @@ def detect(coordinator_address: str | None = None, num_processes: int | None = N
   return None
 
 
-def _assert_launching_process() -> None:
-  """Refuses to initialize from a multiprocessing child (a grain worker, for one)."""
-  if multiprocessing.parent_process() is not None:
-    raise RuntimeError(
-        f"fer_jax.distributed.initialize() called in {multiprocessing.current_process().name}, a child "
-        "process (a grain data worker imports the main module). Call it from main() under "
-        "`if __name__ == '__main__':`, never at import time.")
-
-
 def initialize(mode: str = "auto", *, coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, local_device_ids: Sequence[int] | None = None,
                timeout_s: int = 300) -> bool:
   """Joins this process to the multi-process JAX runtime when the run is multi-process; returns whether it did.
 
-  Call it once, first thing in main(), before anything touches a device.
-  `timeout_s` bounds the wait for the other processes at start-up (JAX then
-  raises instead of hanging).
+  Call it once, first thing in main(), before anything touches a device. `timeout_s` bounds the wait for the
+  other processes at start-up (JAX then raises instead of hanging).
   """
   if mode not in MODES:
     raise ValueError(f"distributed mode {mode!r} must be one of {MODES}.")
-  _assert_launching_process()
+  if multiprocessing.parent_process() is not None:
+    raise RuntimeError(
+        f"fer_jax.distributed.initialize() called in {multiprocessing.current_process().name}, a child "
+        "process (a grain data worker imports the main module). Call it from main() under "
+        "`if __name__ == '__main__':`, never at import time.")
   if jax.distributed.is_initialized():
     return True
   env = os.environ
@@ -167,9 +144,8 @@ def barrier(name: str) -> None:
 def from_process_0(value: Any) -> Any:
   """Process 0's `value` (JSON-serialisable) on every process, so all take the same branch of a loop.
 
-  Decisions read from a shared disk or a clock (which checkpoints exist,
-  whether to stop) can differ between processes; a collective entered by
-  some processes and not others hangs.
+  Decisions read from a shared disk or a clock can differ between processes, and a collective entered by some
+  processes and not others hangs.
   """
   if jax.process_count() == 1:
     return value

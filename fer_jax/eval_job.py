@@ -1,16 +1,9 @@
-"""The separate evaluation job: scores each new finalized checkpoint of a training workdir once.
+"""The separate evaluation job (`--mode=eval`): scores each new finalized checkpoint of a training workdir once.
 
-Runs beside the trainer (`--mode=eval`), polling WORKDIR/checkpoints. Orbax
-only exposes finalized steps (a save in progress lives in a temporary
-directory), so a partial checkpoint is never read. Each evaluated step gets
-WORKDIR/eval/<split>/step_<N>/{metrics.json,confusion_matrix.png,
-sample_predictions.png} (the grid: example faces per class, right and wrong) and
-TensorBoard events in WORKDIR/eval/<split>; the steps done are recorded in
-evaluated.json there, so a restarted job never scores a step twice. A step
-whose files fail their checksums (checkpoint_checksums.py) or cannot be
-restored is recorded there as unreadable, with the reason, and skipped. The job
-exits after the final training step or after `eval.idle_timeout_s` without a
-new checkpoint.
+Writes WORKDIR/eval/<split>/step_<N>/{metrics.json,confusion_matrix.png,sample_predictions.png}, TensorBoard
+events, and evaluated.json: the steps scored, and those unreadable (damaged) with the reason, so a restarted job
+never scores a step twice. It exits after the final training step, or after `eval.idle_timeout_s` without a new
+checkpoint. docs/GUARANTEES.md ("The evaluation job") lists what it promises.
 """
 
 from __future__ import annotations
@@ -54,8 +47,7 @@ def _save_done(path: str, done: set[int], unreadable: dict[int, str]) -> None:
 class CheckpointEvaluator:
   """Restores a checkpoint's state onto this machine's mesh and scores it with every configured view.
 
-  Builds only what scoring needs (model_factory.py): no training step is
-  compiled and no CPU training kernel is loaded.
+  Builds only what scoring needs: no training step is compiled and no CPU training kernel is loaded.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
@@ -95,18 +87,14 @@ class CheckpointEvaluator:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, idle_timeout_s: float | None = None) -> list[int]:
-  """Evaluates new checkpoints until the final step is done or none came for the idle timeout.
-
-  Returns the steps evaluated by this call.
-  """
+  """Evaluates new checkpoints until the final step is done or none came for the idle timeout; returns those."""
   idle_timeout_s = config.eval.idle_timeout_s if idle_timeout_s is None else idle_timeout_s
   evaluator = CheckpointEvaluator(config, workdir)
-  final_step = evaluator.total_steps
   out_dir = eval_dir(workdir, evaluator.split)
   os.makedirs(out_dir, exist_ok=True)
   done_path = os.path.join(out_dir, "evaluated.json")
   done, unreadable = _load_done(done_path)
-  writer = tensorboard_writer.create_writer(out_dir, just_logging=jax.process_index() > 0)
+  writer = tensorboard_writer.MetricWriter(out_dir, just_logging=jax.process_index() > 0)
   evaluated: list[int] = []
   last_progress = time.monotonic()
   manager = None
@@ -126,36 +114,29 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, idle_timeout_s: floa
         if not os.path.isdir(checkpointing.step_dir(workdir, step)):  # Deleted by the trainer's retention policy.
           logging.warning("Skipping checkpoint %d: it was deleted before it could be read.", step)
           continue
-        reason = checkpoint_checksums.describe(e)
+        unreadable[step] = checkpoint_checksums.describe(e)
         logging.warning("Checkpoint step %d is damaged (%s): recorded as unreadable in %s; going on.", step,
-                        reason, done_path)
-        unreadable[step] = reason
+                        unreadable[step], done_path)
+      else:
+        scalars = {}
+        for view in evaluator.views:
+          suffix = "" if view == "plain" else f"_{view}"
+          scalars.update({f"{name}{suffix}": report[view][name] for name in ("accuracy", "macro_f1", "loss")})
+        scalars.update({f"f1/{name}": v["f1"] for name, v in report["plain"]["per_class"].items()})
         if jax.process_index() == 0:
-          _save_done(done_path, done, unreadable)
-        last_progress = time.monotonic()
-        continue
-      scalars = {}
-      for view in evaluator.views:
-        m = report[view]
-        suffix = "" if view == "plain" else f"_{view}"
-        scalars.update({f"accuracy{suffix}": m["accuracy"], f"macro_f1{suffix}": m["macro_f1"],
-                        f"loss{suffix}": m["loss"]})
-        if view == "plain":
-          scalars.update({f"f1/{name}": v["f1"] for name, v in m["per_class"].items()})
-      if jax.process_index() == 0:
-        step_dir = os.path.join(out_dir, f"step_{step}")
-        evaluation.write_report(step_dir, report, images)
-        writer.write_scalars(step, scalars)
-        writer.write_images(step, images)
-        writer.flush()
-        logging.info("Evaluated step %d on %s: %s -> %s", step, evaluator.split,
-                     ", ".join(f"{k} {v:.4f}" for k, v in scalars.items() if "/" not in k), step_dir)
-      done.add(step)
-      evaluated.append(step)
+          step_dir = os.path.join(out_dir, f"step_{step}")
+          evaluation.write_report(step_dir, report, images)
+          writer.write_scalars(step, scalars)
+          writer.write_images(step, images)
+          writer.flush()
+          logging.info("Evaluated step %d on %s: %s -> %s", step, evaluator.split,
+                       ", ".join(f"{k} {v:.4f}" for k, v in scalars.items() if "/" not in k), step_dir)
+        done.add(step)
+        evaluated.append(step)
       if jax.process_index() == 0:
         _save_done(done_path, done, unreadable)
       last_progress = time.monotonic()
-    if final_step in done or final_step in unreadable:
+    if evaluator.total_steps in done or evaluator.total_steps in unreadable:
       break
     if distributed.from_process_0(time.monotonic() - last_progress > idle_timeout_s):
       logging.info("No new checkpoint in %.0f s; the evaluation job stops.", idle_timeout_s)

@@ -1,9 +1,7 @@
 """Scoring a model on a split: test-time-augmentation views, confusion matrix, per-class metrics.
 
-Views are small plug-ins chosen by config (`eval.tta`): each maps a batch of
-full-size images to the list of model inputs whose softmax outputs are averaged.
-The confusion matrix is summed inside the jitted step, so it is already the
-global one on every host.
+A view (chosen by `eval.tta`) maps a batch of full-size images to the model inputs whose softmax outputs are
+averaged. The confusion matrix is summed inside the jitted step: every host holds the global one.
 """
 
 from __future__ import annotations
@@ -71,7 +69,6 @@ class Evaluator:
 
   def __init__(self, apply_fn: Callable, mesh: jax.sharding.Mesh, *, num_classes: int, crop_size: int):
     self.mesh = mesh
-    self.num_classes = num_classes
     self._steps = {
         view: jax.jit(functools.partial(eval_step, apply_fn=apply_fn, view=view, crop_size=crop_size,
                                         num_classes=num_classes),

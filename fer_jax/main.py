@@ -40,11 +40,7 @@ def main(argv):
 
 
 def _orbax_log_filter(record) -> bool:
-  """Orbax logs every save and restore step at INFO: keep its warnings and errors, drop the chatter.
-
-  A full disk makes orbax's background threads log tracebacks; the trainer
-  reports it in one line (checkpointing.disk_full_error), so those are dropped.
-  """
+  """Drops orbax's INFO chatter and its tracebacks about a full disk (the trainer says that in one line)."""
   if "/orbax/" not in record.pathname:
     return True
   if record.levelno < 30:

@@ -1,8 +1,7 @@
 """WORKDIR/model.json, the model card: what inference needs to rebuild a model and cut faces as training did.
 
-The trainer writes it once the state is built or restored; prediction, export
-and the bundled models read it instead of the dataset, which may not exist on
-the machine that serves the model. This module is the one owner of its format.
+Prediction, export and the bundled models read it instead of the dataset, which the serving machine may lack.
+This module is the one owner of its format.
 """
 
 from __future__ import annotations

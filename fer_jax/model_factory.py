@@ -1,9 +1,7 @@
 """Building a model and its training state from a config.
 
-The trainer, the evaluation job, inference and export all build here, so a
-checkpoint always meets the state it was saved from. Training asks for
-fer_jax.kernels' CPU kernels; everything else takes flax's defaults (the
-parameters are the same).
+The trainer, the evaluation job, inference and export all build here, so a checkpoint always meets the state
+it was saved from. Training asks for fer_jax.kernels' CPU kernels; the rest take flax's (same parameters).
 """
 
 from __future__ import annotations
@@ -38,18 +36,6 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int,
                              **config.model_kwargs.to_dict())
 
 
-def steps_per_epoch(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
-  return max(1, num_train_examples // config.batch_size)
-
-
-def total_train_steps(config: ml_collections.ConfigDict, epoch_steps: int) -> int:
-  if config.smoke_test:
-    return 6
-  if config.num_train_steps > 0:
-    return int(config.num_train_steps)
-  return max(1, int(math.ceil(config.num_epochs * epoch_steps)))
-
-
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, ...],
                        seed: int) -> TrainState:
   variables = model.init({"params": jax.random.key(seed)}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
@@ -80,8 +66,13 @@ class TrainingSetup:
 def training_setup(config: ml_collections.ConfigDict, info: Any,
                    model_kernels: kernels.Kernels = kernels.DEFAULTS) -> TrainingSetup:
   """Everything the state of a run on dataset `info` (data.builders.DatasetInfo) depends on."""
-  epoch_steps = steps_per_epoch(config, info.num_examples[config.data.train_split])
-  total = total_train_steps(config, epoch_steps)
+  epoch_steps = max(1, info.num_examples[config.data.train_split] // config.batch_size)
+  if config.smoke_test:
+    total = 6
+  elif config.num_train_steps > 0:
+    total = int(config.num_train_steps)
+  else:
+    total = max(1, int(math.ceil(config.num_epochs * epoch_steps)))
   model = create_model(config, info.num_classes, model_kernels)
   schedule = optimizers.create_schedule(config, epoch_steps, total)
   tx = optimizers.create_optimizer(config, schedule, epoch_steps)

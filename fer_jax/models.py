@@ -1,15 +1,9 @@
 """Flax CNNs for 7-class facial expression recognition.
 
-All models take images [N, H, W, C] in [0, 1] (or standardized) and return
-float32 logits [N, num_classes]. `dtype` is the compute dtype (bfloat16 on
-accelerators); parameters stay float32.
-
-Each model takes its convolution module and its 2x2 max-pool as attributes
-with flax defaults (`conv: ModuleDef = nn.Conv`, as flax's imagenet example
-does): model_factory.py sets them to fer_jax.kernels' faster CPU versions for
-training and leaves the defaults for evaluation and export. Parameters are
-the same either way. Dropout is fer_jax.kernels.dropout's: nn.Dropout's
-distribution from fewer random bits.
+All models map images [N, H, W, C] in [0, 1] (or standardized) to float32 logits [N, num_classes]; `dtype` is
+the compute dtype, parameters stay float32. `conv` and `pool` default to flax's: model_factory.py swaps in
+fer_jax.kernels' faster CPU versions for training (same parameters). Dropout is fer_jax.kernels.dropout's:
+nn.Dropout's distribution from fewer random bits.
 """
 
 from __future__ import annotations
@@ -131,8 +125,7 @@ class ResNet(nn.Module):
       x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x))
     for i, (blocks, features) in enumerate(zip(self.stage_sizes, self.stage_features)):
       for j in range(blocks):
-        x = ResidualBlock(features, strides=2 if i > 0 and j == 0 else 1, dtype=self.dtype,
-                          conv=self.conv)(x, train)
+        x = ResidualBlock(features, strides=2 if i > 0 and j == 0 else 1, dtype=self.dtype, conv=self.conv)(x, train)
     x = jnp.mean(x, axis=(1, 2))
     x = Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)

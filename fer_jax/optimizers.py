@@ -36,10 +36,7 @@ def _decay_mask(params: Any) -> Any:
 
 def create_optimizer(config: ml_collections.ConfigDict, schedule: Schedule,
                      steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
-  """adam / adamw / sgd (Nesterov), weight decay, clipping and reduce-on-plateau from config.
-
-  The update takes `value=loss` (used by the plateau schedule; ignored otherwise).
-  """
+  """adam / adamw / sgd (Nesterov), weight decay, clipping and reduce-on-plateau; the update takes `value=loss`."""
   parts = []
   if config.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
@@ -62,8 +59,7 @@ def create_optimizer(config: ml_collections.ConfigDict, schedule: Schedule,
 def plateau_scale(opt_state: Any) -> Any:
   """The reduce-on-plateau multiplier (1.0 when that schedule is off).
 
-  Looked up by state type, not by the name `scale`: batch-norm parameters are
-  also called `scale` and sit inside Adam's moment estimates.
+  Looked up by state type, not by the name `scale`: Adam's moment estimates hold batch-norm `scale`s too.
   """
   is_plateau = lambda x: isinstance(x, optax.contrib.ReduceLROnPlateauState)
   for node in jax.tree.leaves(opt_state, is_leaf=is_plateau):

@@ -16,9 +16,8 @@ from absl import logging
 def preemption_notice():
   """Records SIGTERM (a preemption notice) instead of dying; yields a dict whose "signal" is set then.
 
-  Installed only in the main thread of the launching process (never in grain
-  workers); the previous handler comes back on exit. A second SIGTERM while
-  the checkpoint is being written ends the process the default way.
+  Installed only in the main thread of the launching process (never in grain workers); the previous handler
+  comes back on exit. A second SIGTERM, while the checkpoint is written, ends the process the default way.
   """
   notice: dict[str, Any] = {"signal": None}
   if threading.current_thread() is not threading.main_thread() or multiprocessing.parent_process() is not None:

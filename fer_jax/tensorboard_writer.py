@@ -1,10 +1,7 @@
 """Metric writer: console log lines plus TensorBoard event files, without TensorFlow.
 
-clu's `metric_writers` package imports TensorFlow when imported (clu 0.0.12),
-and TensorFlow is not a dependency of fer_jax. This writer keeps clu's
-MetricWriter method names (write_scalars, write_images, write_texts,
-write_hparams, flush, close) and writes events with tensorboardX, which
-flushes from its own background thread so the training loop does not wait.
+clu's `metric_writers` imports TensorFlow (clu 0.0.12), not a dependency of fer_jax. This writer keeps clu's
+MetricWriter method names and writes events with tensorboardX, which flushes from its own background thread.
 """
 
 from __future__ import annotations
@@ -16,7 +13,7 @@ from absl import logging
 
 
 class MetricWriter:
-  """Logs scalars; on the writing process also records them as TensorBoard events in `logdir`."""
+  """Logs scalars on every process; unless `just_logging` (processes other than 0), writes events in `logdir`."""
 
   def __init__(self, logdir: str | None, *, just_logging: bool = False):
     self._events = None
@@ -68,8 +65,3 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     else:
       flat[f"{prefix}{key}"] = value
   return flat
-
-
-def create_writer(logdir: str | None, *, just_logging: bool = False) -> MetricWriter:
-  """Every process logs; only the writing process (process 0) writes event files."""
-  return MetricWriter(logdir, just_logging=just_logging)

@@ -1,8 +1,4 @@
-"""Training: a jit-compiled, data-parallel step over a device mesh, with validation and checkpoints.
-
-Reads top to bottom: data -> model and optimizer -> state (fresh or resumed) ->
-jitted step -> loop with logging, validation and asynchronous checkpoints.
-"""
+"""Training: a jit-compiled, data-parallel step, and the loop that steps, logs, validates and saves checkpoints."""
 
 import functools
 from typing import Any
@@ -43,11 +39,10 @@ def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, *, label_smoothing: 
 def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, base_key: jax.Array,
                label_smoothing: float, class_weights: jnp.ndarray | None,
                skip_nonfinite: bool = False) -> tuple[TrainState, TrainMetrics, jnp.ndarray]:
-  """One optimizer step on a global batch; dropout randomness is fold_in(seed, step).
+  """One optimizer step on a global batch (dropout randomness is fold_in(seed, step)), and whether it was finite.
 
-  Also returns whether the loss and every gradient were finite. With
-  `skip_nonfinite`, a non-finite step keeps parameters, optimizer state and
-  batch-norm statistics unchanged (its batch is still consumed, the step still counts).
+  With `skip_nonfinite`, a non-finite step keeps parameters, optimizer state and batch-norm statistics
+  unchanged (its batch is still consumed, the step still counts).
   """
   dropout_key = jax.random.fold_in(base_key, state.step)
   has_bn = bool(state.batch_stats)
@@ -122,9 +117,8 @@ class Trainer:
     self.replicated = parallel.replicated(self.mesh)
     self.abstract_state = setup.abstract_state(self.replicated)
     self._init_state = jax.jit(setup.init, out_shardings=self.replicated)
-    class_weights = None
-    if config.class_weights == "balanced":
-      class_weights = jnp.asarray(balanced_class_weights(stats.label_counts(config)))
+    balanced = config.class_weights == "balanced"
+    class_weights = jnp.asarray(balanced_class_weights(stats.label_counts(config))) if balanced else None
     # (state, metrics, finite): the loop reads `finite` for the NaN policy; train_step() drops it.
     self.checked_train_step = jax.jit(
         functools.partial(train_step, base_key=jax.random.key(config.seed), label_smoothing=config.label_smoothing,
@@ -143,8 +137,7 @@ class Trainer:
 
   def validate(self, state: TrainState) -> dict[str, float]:
     eval_ds = pipeline.create_eval_dataset(self.config, self.config.data.eval_split,
-                                                 process_index=jax.process_index(),
-                                                 process_count=jax.process_count())
+                                           process_index=jax.process_index(), process_count=jax.process_count())
     confusion, loss = self.evaluator.confusion(model_factory.model_variables(state), eval_ds)
     accuracy = float(np.trace(confusion) / max(confusion.sum(), 1))
     return {"val_loss": loss, checkpointing.VAL_ACCURACY: accuracy}
@@ -152,8 +145,7 @@ class Trainer:
   def _check_finite(self, pending: list[tuple[int, jax.Array]], manager: Any) -> int:
     """How many of the `pending` (step, finite) flags were non-finite; with nonfinite='stop' raises instead.
 
-    Read in batches (at log, validation and save steps), not every step, so the
-    device never waits on the host; a non-finite state is never saved.
+    Read at log, validation and save steps, not every step, so the device never waits on the host.
     """
     if not pending:
       return 0
@@ -205,17 +197,14 @@ class Trainer:
   def train(self) -> dict[str, float]:
     """Trains to `total_steps`, resuming from the latest checkpoint in the workdir; returns last metrics.
 
-    Before anything is written: the workdir's recorded setup must match this
-    config, it must be writable with room for the checkpoints, and no other
-    trainer may hold it (workdir_guard.py). On SIGTERM it finishes the current
-    step, saves a checkpoint at that step and returns early with
-    `self.preempted_at_step` set.
+    First checks the workdir (its recorded setup, free space, no other trainer). On SIGTERM it saves the
+    current step and returns early with `self.preempted_at_step` set.
     """
     config, workdir = self.config, self.workdir
     setup = workdir_guard.setup_of(config, image_shape=self.info.image_shape, process_count=jax.process_count())
     workdir_guard.check_setup(workdir, setup)
-    checkpointing.check_workdir(workdir, checkpointing.state_bytes(self.abstract_state),
-                                config.keep_checkpoints + config.keep_best_checkpoints)
+    size, keep = checkpointing.state_bytes(self.abstract_state), config.keep_checkpoints + config.keep_best_checkpoints
+    checkpointing.check_workdir(workdir, size, keep)
     with workdir_guard.TrainerLock(workdir, enabled=jax.process_index() == 0):
       if jax.process_index() == 0:
         workdir_guard.record_setup(workdir, setup)
@@ -223,13 +212,12 @@ class Trainer:
         return self._train_locked()
       except Exception as e:  # pylint: disable=broad-except
         if checkpointing.is_disk_full(e):
-          raise checkpointing.disk_full_error(workdir, checkpointing.state_bytes(self.abstract_state),
-                                              config.keep_checkpoints + config.keep_best_checkpoints) from None
+          raise checkpointing.disk_full_error(workdir, size, keep) from None
         raise
 
   def _train_locked(self) -> dict[str, float]:
     config, workdir = self.config, self.workdir
-    writer = tensorboard_writer.create_writer(workdir, just_logging=jax.process_index() > 0)
+    writer = tensorboard_writer.MetricWriter(workdir, just_logging=jax.process_index() > 0)
     manager = checkpointing.create_manager(workdir, config)
     train_iter = iter(pipeline.create_train_dataset(
         config, process_index=jax.process_index(), process_count=jax.process_count()))

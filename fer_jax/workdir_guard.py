@@ -1,18 +1,8 @@
 """What a training workdir promises: one trainer at a time, and one setup for its whole life.
 
-* `TrainerLock`: WORKDIR/trainer.lock, an exclusive `fcntl.flock` held by the
-  training process (process 0 of a multi-process run) for as long as it
-  trains, with the holder (host, pid, since) written inside. A second trainer
-  on the same workdir stops at start-up with one line naming the holder. The
-  kernel drops the lock when its process dies, however it dies, so a lock
-  left by a killed trainer is taken over (with a warning naming it). The
-  evaluation job never takes it: it reads finalized checkpoints beside the trainer.
-* `check_setup`: WORKDIR/setup.json records the fields the saved state and the
-  data order depend on (model, model_kwargs, image shape, dataset and its
-  config, batch size, seed, process count, optimizer). A rerun that changes any
-  of them is refused before anything is written, naming each field with its
-  old and new value; other fields (epochs, cadences, evaluation settings) may
-  change between runs.
+`TrainerLock` holds WORKDIR/trainer.lock (an flock the kernel drops when its process dies) while training;
+`check_setup` refuses a rerun that changes what WORKDIR/setup.json recorded. docs/GUARANTEES.md ("One trainer
+per workdir, one setup per workdir") says what each refuses and what may change between runs.
 """
 
 from __future__ import annotations
@@ -51,7 +41,7 @@ class TrainerLock:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      holder = _describe(_read_holder(fd))
+      holder = _holder(fd) or "holder unknown"
       os.close(fd)
       raise WorkdirError(f"{os.path.dirname(self.path)} is in use by another trainer ({holder}): stop it first, "
                          "or train in another --workdir.") from None
@@ -60,10 +50,9 @@ class TrainerLock:
       logging.warning("Cannot lock %s (%s): nothing stops a second trainer on this workdir.", self.path,
                       e.strerror or e)
       return self
-    previous = _read_holder(fd)
+    previous = _holder(fd)
     if previous:
-      logging.warning("Taking over %s: the trainer that held it (%s) ended without releasing it.", self.path,
-                      _describe(previous))
+      logging.warning("Taking over %s: the trainer that held it (%s) ended without releasing it.", self.path, previous)
     me = {"host": socket.gethostname(), "pid": os.getpid(),
           "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
     os.ftruncate(fd, 0)
@@ -80,17 +69,13 @@ class TrainerLock:
       self._fd = None
 
 
-def _read_holder(fd: int) -> dict[str, Any]:
+def _holder(fd: int) -> str | None:
+  """The holder written in the lock file, or None when it is empty (released cleanly) or unreadable."""
   try:
-    return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
   except ValueError:
-    return {}
-
-
-def _describe(holder: dict[str, Any]) -> str:
-  if not holder:
-    return "holder unknown"
-  return f"pid {holder.get('pid')} on host {holder.get('host')}, since {holder.get('since')}"
+    return None
+  return f"pid {holder.get('pid')} on host {holder.get('host')}, since {holder.get('since')}" if holder else None
 
 
 def _setup_fields(config: Any) -> dict[str, Any]:
