@@ -404,3 +404,19 @@ def test_eval_pads_with_fully_masked_batches_when_needed(data_dir):
     assert sum(int(m.sum()) for m in masks) == len(range(p, 37, 3))
   assert counts == [3, 3, 3]
 
+
+
+def test_decoder_of_features_it_does_not_cover_batches_tfds_decoding():
+  features = tfds.features.FeaturesDict({
+      "image": tfds.features.Tensor(shape=(4, 4, 1), dtype=np.uint8),
+      "label": tfds.features.ClassLabel(num_classes=7),
+      "landmarks": tfds.features.Tensor(shape=(None,), dtype=np.int64),  # variable length: tfds's decoding
+  })
+  decoder = tfexample.ExampleDecoder(features)
+  assert decoder._fallback is not None
+  examples = [{"image": np.full((4, 4, 1), v, np.uint8), "label": v % 7, "landmarks": np.arange(v % 3 + 1)}
+              for v in (3, 200)]
+  batch = decoder.decode_batch([features.serialize_example(e) for e in examples])
+  assert batch["image"].shape == (2, 4, 4, 1) and list(batch["label"]) == [3, 4]
+  for got, e in zip(batch["landmarks"], examples):
+    np.testing.assert_array_equal(got, e["landmarks"])

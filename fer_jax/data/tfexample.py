@@ -116,6 +116,10 @@ def _uint8_from_varints(data: np.ndarray, starts: np.ndarray, size: int) -> np.n
   return np.compress(first, data).reshape(len(starts), size)
 
 
+def _stackable(values: list[Any]) -> bool:
+  return bool(values) and all(isinstance(v, np.ndarray) and v.shape == values[0].shape for v in values)
+
+
 class ExampleDecoder:
   """Decodes serialized tf.Examples of a fixed feature set to numpy: tfds's `deserialize_example_np` values, faster.
 
@@ -181,6 +185,9 @@ class ExampleDecoder:
     if out is not None:
       return out
     examples = [self(r) for r in records]
+    if self._fallback is not None:  # tfds decoded them: stack the equal-shaped arrays, list the rest
+      columns = {key: [e[key] for e in examples] for key in self._fallback.keys()}
+      return {key: np.stack(values) if _stackable(values) else values for key, values in columns.items()}
     return {key: [e[key] for e in examples] if kind == "text"
             else np.stack([np.asarray(e[key], dtype) for e in examples]).reshape(len(examples), *shape)
             for _, key, kind, dtype, shape in self._specs}
