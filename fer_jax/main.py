@@ -6,6 +6,7 @@
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -49,6 +50,21 @@ def _orbax_log_filter(record) -> bool:
   return not (checkpointing.is_disk_full(error) if error else "No space left on device" in record.getMessage())
 
 
+def _late_tensorstore_callback_hook(unraisable: "sys.UnraisableHookArgs") -> None:
+  """Drops one known, harmless error; every other unraisable exception goes to Python's default hook.
+
+  When an asynchronous save fails (a full disk), orbax closes its event loop while some of the
+  save's tensorstore writes are still running; as each one ends, tensorstore's thread calls the
+  closed loop and prints "RuntimeError: Event loop is closed" with a traceback. The trainer reports
+  the failure itself, in one line.
+  """
+  error = unraisable.exc_value
+  if isinstance(error, RuntimeError) and str(error) == "Event loop is closed" and unraisable.object is None:
+    logging.debug("A tensorstore write ended after orbax closed its event loop (a failed save).")
+    return
+  sys.__unraisablehook__(unraisable)
+
+
 def run(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -58,6 +74,7 @@ def run(argv):
   distributed.initialize(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
                          num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   logging.get_absl_handler().addFilter(_orbax_log_filter)
+  sys.unraisablehook = _late_tensorstore_callback_hook
   workdir = os.path.abspath(FLAGS.workdir)
   if FLAGS.mode in ("train", "train_and_eval"):
     trainer = train.Trainer(FLAGS.config, workdir)
