@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 
 CHECKSUM_FILE = "checksums.json"
@@ -48,7 +49,8 @@ def seal(step_dir: str) -> float:
       rel = os.path.relpath(path, step_dir)
       if rel != CHECKSUM_FILE:
         entries[rel] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
-  tmp = os.path.join(step_dir, f".{CHECKSUM_FILE}.tmp")
+  # Per thread: the trainer and orbax's finalization thread may seal the same step at once.
+  tmp = os.path.join(step_dir, f".{CHECKSUM_FILE}.{os.getpid()}.{threading.get_ident()}.tmp")
   with open(tmp, "w") as f:  # sort_keys: the same file whatever order os.walk lists the files in.
     json.dump({"algorithm": "sha256", "files": entries}, f, indent=1, sort_keys=True)
   os.replace(tmp, os.path.join(step_dir, CHECKSUM_FILE))

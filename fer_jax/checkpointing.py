@@ -72,10 +72,26 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator: g
   """Starts an asynchronous save; `metrics` holds val_accuracy for best-checkpoint selection.
 
   None (a preemption save, not validated) keeps the step out of the best-N ranking; latest-N still keeps it.
+  Process 0 first seals the steps finalized since the last save (see `seal_if_finalized`).
   """
+  manager.wait_until_finished()  # What manager.save() does first anyway.
+  if jax.process_index() == 0:
+    checkpoint_checksums.seal_finalized(str(manager.directory))
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data=grain.checkpoint.CheckpointSave(data_iterator)), metrics=metrics)
+
+
+def seal_if_finalized(workdir: str, step: int) -> int | None:
+  """Seals `step` (and older unsealed steps) once orbax has renamed it into place; `step` until then, then None.
+
+  Orbax's post-finalization callback runs before that rename, so it only seals older steps: without this, a
+  run killed between two saves left its newest step, the one a resume reads, without checksums.
+  """
+  if not os.path.isdir(step_dir(workdir, step)):
+    return step
+  checkpoint_checksums.seal_finalized(checkpoint_dir(workdir))
+  return None
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,

@@ -230,6 +230,7 @@ class Trainer:
     progress = progress_window.ProgressWindow(self.total_steps, self.steps_per_epoch, config.batch_size)
     pending_finite: list[tuple[int, jax.Array]] = []
     skipped = 0
+    unsealed: int | None = None  # The last step saved, until it is sealed.
     self.preempted_at_step = None
     try:
       with preemption.preemption_notice() as notice:
@@ -237,6 +238,8 @@ class Trainer:
           batch = parallel.global_batch(next(train_iter), self.mesh)
           state, step_metrics, finite = self.checked_train_step(state, batch)
           step += 1
+          if unsealed is not None and jax.process_index() == 0:
+            unsealed = checkpointing.seal_if_finalized(workdir, unsealed)
           progress.add(step_metrics)
           pending_finite.append((step, finite))
           if itstime(step, config.log_every_steps, self.total_steps):
@@ -261,6 +264,7 @@ class Trainer:
             progress.restart_clock()  # Validation time is not training throughput.
           if save or preempt:  # A preemption save is not validated: kept by latest-N, not ranked among the best.
             checkpointing.save(manager, step, state, train_iter, metrics=val if save else None)
+            unsealed = step
           if preempt:
             manager.wait_until_finished()
             self.preempted_at_step = step
