@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -84,9 +85,15 @@ def test_every_finalized_step_is_sealed_and_verifies(pristine):
   for step in (4, 8):
     step_dir = pristine / "checkpoints" / str(step)
     assert checkpoint_checksums.is_sealed(str(step_dir))
-    assert checkpoint_checksums.verify(str(step_dir)) >= 0.0
+    assert isinstance(checkpoint_checksums.verify(str(step_dir)), float)  # None: no checksums to check
     listed = json.loads((step_dir / checkpoint_checksums.CHECKSUM_FILE).read_text())["files"]
     assert "data/process_0-of-1.json" in listed and any(name.startswith("state/") for name in listed)
+    # Every file of the step, with its size and SHA-256.
+    on_disk = {str(p.relative_to(step_dir)) for p in step_dir.rglob("*") if p.is_file()}
+    assert set(listed) == on_disk - {checkpoint_checksums.CHECKSUM_FILE}
+    for name, entry in listed.items():
+      data = (step_dir / name).read_bytes()
+      assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}, name
 
 
 @pytest.mark.parametrize("damage", DAMAGES, ids=lambda f: f.__name__)
@@ -259,3 +266,59 @@ def test_a_write_ending_after_a_failed_save_prints_no_traceback():
   assert "RuntimeError: Event loop is closed" in run("plain").stderr  # what tensorstore prints unhooked
   hooked = run("hooked").stderr
   assert "Event loop is closed" not in hooked and "ValueError: another unraisable error" in hooked
+
+
+_KILLED_BETWEEN_SAVES = """
+import os, signal, sys, time
+sys.path.insert(0, {tests!r})
+from train_test import tiny_config
+from fer_jax import parallel, train
+
+config = tiny_config({data_dir!r})
+config.update(num_train_steps=400, checkpoint_every_steps=20, eval_every_steps=20, log_every_steps=10)
+real_batch, batches = parallel.global_batch, []
+step_20 = os.path.join({workdir!r}, "checkpoints", "20")
+
+def global_batch(local_batch, mesh):
+  if local_batch["image"].shape[0] == config.batch_size:
+    batches.append(1)
+    if len(batches) == 30:  # step 30: wait until orbax has renamed step 20 into place ...
+      deadline = time.monotonic() + 60
+      while not os.path.isdir(step_20) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if len(batches) == 32:  # ... then two steps later, a kill -9
+      os.kill(os.getpid(), signal.SIGKILL)
+  return real_batch(local_batch, mesh)
+
+parallel.global_batch = global_batch
+train.train_and_evaluate(config, {workdir!r})
+"""
+
+
+def test_a_run_killed_between_saves_leaves_its_newest_step_sealed(tmp_path, synthetic_tiny_dir):
+  """Orbax's post-finalization callback runs before the step is renamed into place: the trainer seals it."""
+  workdir = tmp_path / "run"
+  script = _KILLED_BETWEEN_SAVES.format(tests=str(pathlib.Path(__file__).resolve().parent),
+                                        data_dir=synthetic_tiny_dir, workdir=str(workdir))
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                       cwd=os.path.join(os.path.dirname(__file__), ".."), env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == -9, out.stderr[-3000:]
+  assert sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit()) == [20]
+  assert checkpoint_checksums.is_sealed(str(workdir / "checkpoints" / "20"))
+  assert checkpoint_checksums.verify(str(workdir / "checkpoints" / "20")) is not None
+
+
+def test_resume_with_every_step_damaged_stops_with_one_line(run_copy, tmp_path, synthetic_tiny_dir):
+  from preemption_test import write_config  # pylint: disable=g-import-not-at-top
+
+  flip_two_bytes(run_copy / "checkpoints" / "8")
+  truncate_array_file(run_copy / "checkpoints" / "4")
+  config_file, _ = write_config(tmp_path, synthetic_tiny_dir, num_train_steps=12)
+  out = run_cli("--config", config_file, "--workdir", str(run_copy))
+  assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+  errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+  assert errors == [out.stderr.strip().splitlines()[-1]], out.stderr[-3000:]
+  assert errors[0].startswith(f"error: Every checkpoint in {run_copy / 'checkpoints'} is damaged (step 8: ")
+  assert "; step 4: " in errors[0] and "Rerun to start afresh" in errors[0]
+  assert sorted(p.name.split(".")[0] for p in (run_copy / "damaged_checkpoints").iterdir()) == ["4", "8"]
+  assert not [p for p in os.listdir(run_copy / "checkpoints") if p.isdigit()]  # nothing trained from scratch

@@ -2,10 +2,11 @@
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fer_jax import evaluation
+from fer_jax import evaluation, parallel
 
 
 def test_classification_metrics_by_hand():
@@ -20,6 +21,31 @@ def test_classification_metrics_by_hand():
   assert m["num_examples"] == 8 and m["confusion_matrix"] == confusion.tolist()
 
 
+def _predicts_pixel_value(variables, x, train):
+  """A stand-in model whose prediction for an image is the class its top-left pixel holds."""
+  del variables, train
+  return 10.0 * jax.nn.one_hot(x[:, 0, 0, 0].astype(jnp.int32), 7)
+
+
+def test_eval_step_confusion_rows_are_true_labels_and_columns_predictions():
+  """The matrix eval_step sums, through the Evaluator's jitted step, and the precision/recall read from it."""
+  labels = np.array([0, 0, 0, 1, 2, 2, 6, 6])
+  predicted = np.array([0, 1, 1, 1, 0, 2, 6, 3])
+  images = np.broadcast_to(predicted[:, None, None, None], (8, 4, 4, 1)).astype(np.float32)
+  mask = np.array([1, 1, 1, 1, 1, 1, 1, 0])  # the last example is padding: not counted
+  evaluator = evaluation.Evaluator(_predicts_pixel_value, parallel.create_mesh(), num_classes=7, crop_size=0)
+  confusion, _ = evaluator.confusion({}, [{"image": images, "label": labels, "mask": mask}])
+  expected = np.zeros((7, 7))
+  for t, p, m in zip(labels, predicted, mask):
+    expected[t, p] += m
+  np.testing.assert_array_equal(confusion, expected)
+  assert confusion[0, 1] == 2 and confusion[1, 0] == 0  # two true 0s predicted 1: row 0, column 1
+  names = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+  per_class = evaluation.classification_metrics(confusion, names)["per_class"]
+  assert per_class["angry"]["recall"] == 1 / 3 and per_class["angry"]["precision"] == 1 / 2
+  assert per_class["disgust"]["recall"] == 1.0 and per_class["disgust"]["precision"] == 1 / 3
+
+
 def test_views():
   images = jnp.arange(2 * 6 * 6).reshape(2, 6, 6, 1).astype(jnp.float32)
   assert evaluation.plain_view(images, 0)[0].shape == (2, 6, 6, 1)
@@ -29,8 +55,11 @@ def test_views():
   np.testing.assert_array_equal(flipped, images[:, :, ::-1])
   crops = evaluation.ten_crop_view(images, 4)
   assert len(crops) == 10 and all(c.shape == (2, 4, 4, 1) for c in crops)
-  np.testing.assert_array_equal(crops[3], images[:, 2:, 2:])
-  np.testing.assert_array_equal(crops[8], crops[3][:, :, ::-1])
+  # Top-left, top-right, bottom-left, bottom-right, centre; then each mirrored.
+  expected = [images[:, :4, :4], images[:, :4, 2:], images[:, 2:, :4], images[:, 2:, 2:], images[:, 1:5, 1:5]]
+  for i, crop in enumerate(expected):
+    np.testing.assert_array_equal(crops[i], crop, err_msg=f"crop {i}")
+    np.testing.assert_array_equal(crops[5 + i], crop[:, :, ::-1], err_msg=f"mirrored crop {i}")
 
 
 def test_report_files(tmp_path):

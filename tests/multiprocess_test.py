@@ -226,6 +226,57 @@ def test_two_processes_match_one_process_and_checkpoint_moves_topology(tmp_path,
   assert record == {"evaluated_steps": [STEPS], "unreadable_steps": {}}
 
 
+PREEMPT_WORKER_SCRIPT = """
+import json, os, signal, sys
+ARGS = json.loads(sys.argv[1])
+
+
+def main():
+  from fer_jax import distributed
+  distributed.initialize("on", coordinator_address=ARGS["coordinator"], num_processes=2,
+                         process_id=ARGS["process_id"], timeout_s=60)
+  sys.path.insert(0, ARGS["tests"])
+  from train_test import tiny_config
+  from fer_jax import parallel, train
+
+  config = tiny_config(ARGS["data_dir"])
+  config.update(num_train_steps=400, log_every_steps=4, eval_every_steps=1000, checkpoint_every_steps=1000)
+  real_batch, batches = parallel.global_batch, []
+
+  def global_batch(local_batch, mesh):
+    if local_batch["image"].shape[0] == config.batch_size // 2:
+      batches.append(1)
+      if ARGS["process_id"] == 0 and len(batches) == 5:
+        os.kill(os.getpid(), signal.SIGTERM)  # process 0 alone gets the notice, during step 5
+    return real_batch(local_batch, mesh)
+
+  parallel.global_batch = global_batch
+  trainer = train.Trainer(config, ARGS["workdir"])
+  trainer.train()
+  print("RESULT " + json.dumps({"preempted_at_step": trainer.preempted_at_step}), flush=True)
+
+
+if __name__ == "__main__":
+  main()
+"""
+
+
+def test_every_process_acts_on_process_0s_notice_at_the_next_log_step(tmp_path, data_dir):
+  script = tmp_path / "preempt_worker.py"
+  script.write_text(PREEMPT_WORKER_SCRIPT)
+  workdir, logs = tmp_path / "run", tmp_path / "logs"
+  logs.mkdir()
+  coordinator = f"127.0.0.1:{pick_unused_port()}"
+  results = run_processes(script, [
+      {"tests": str(REPO / "tests"), "data_dir": data_dir, "workdir": str(workdir), "coordinator": coordinator,
+       "process_id": p} for p in range(2)], 1, logs)
+  # Process 1 never saw a signal; both stopped at step 8, the first log step after the notice, and saved it.
+  assert [r["preempted_at_step"] for r in results] == [8, 8]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["8"]
+  assert {n for n in os.listdir(workdir / "checkpoints" / "8" / "data") if n.endswith(".json")} == {
+      "process_0-of-2.json", "process_1-of-2.json"}
+
+
 # ---------------------------------------------------------------------------
 # Start-up rules (no processes needed).
 

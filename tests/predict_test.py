@@ -8,6 +8,7 @@ import io
 import json
 import os
 import pathlib
+import shutil
 import sys
 
 import cv2
@@ -155,7 +156,10 @@ def test_centre_crop_and_colour_models():
   got = inference.FaceClassifier(inference.probabilities_fn(model.apply, prep), variables, prep)(faces)
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
   ten = inference.FaceClassifier(inference.probabilities_fn(model.apply, prep, "ten_crop"), variables, prep)
-  assert ten(faces).shape == (3, 7)
+  crops = [x[:, :8, :8], x[:, :8, 4:], x[:, 4:, :8], x[:, 4:, 4:], x[:, 2:10, 2:10]]
+  crops += [c[:, :, ::-1] for c in crops]  # the four corners and the centre, each also mirrored
+  expected = np.mean([jax.nn.softmax(model.apply(variables, c, train=False)) for c in crops], axis=0)
+  np.testing.assert_allclose(ten(faces), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_classifier_pads_batches_without_changing_results(loaded):
@@ -263,7 +267,14 @@ def test_annotate_writes_images(workdir, folder, tmp_path, capsys):
   assert written == ["photos/blank.png", "photos/face.png"]
   drawn = cv2.imread(str(annotated / "photos/face.png"))
   assert drawn.shape == (480, 640, 3)
-  assert not np.array_equal(drawn, cv2.imread(str(folder / "face.png")))  # the box and label are drawn
+  original = cv2.imread(str(folder / "face.png"))
+  assert not np.array_equal(drawn, original)  # the box and label are drawn
+  # Exactly the input with its whole-image box (--no-detect) and the classifier's label drawn (PNG: lossless).
+  loaded = inference.load(workdir)
+  probs = loaded.classifier()(loaded.prep.face_pixels(original)[None])
+  expected = predict_output.draw(original, [(0, 0, 640, 480)], probs, loaded.prep.class_names)
+  np.testing.assert_array_equal(drawn, expected)
+  assert (drawn[240, :2] == (0, 255, 0)).all() and (drawn[240, 2:4] == original[240, 2:4]).all()  # a green border
 
 
 def test_checkpoint_path_and_step(loaded, workdir, folder, tmp_path, capsys):
@@ -510,3 +521,116 @@ def test_yunet_leaves_the_openmp_setting_of_the_process_alone(monkeypatch):
   monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
   face_detection.YuNetFaceDetector()
   assert "OMP_NUM_THREADS" not in os.environ
+
+
+def two_face_scene() -> tuple[np.ndarray, tuple[int, int, int, int], tuple[int, int, int, int]]:
+  """A scene with a small face at the top left and a larger one lower right: (image, small box, large box)."""
+  image = scene(synthetic_face(3, 0), x=360, y=140, side=220)
+  image[60:180, 60:180] = cv2.resize(synthetic_face(5, 1), (120, 120))[..., None]
+  return image, (60, 60, 120, 120), (360, 140, 220, 220)
+
+
+@pytest.mark.parametrize("detector", ["yunet", "haar"])
+def test_detectors_put_the_largest_face_first(detector):
+  if detector == "haar" and not HAAR:
+    pytest.skip("this OpenCV has no Haar cascade")
+  image, small, large = two_face_scene()
+  for video in (True, False):
+    boxes = face_detection.create(detector, video=video)(image)
+    assert len(boxes) == 2, boxes
+    assert iou(boxes[0], large) > 0.4 and iou(boxes[1], small) > 0.4, boxes  # largest first, not reading order
+
+
+def test_predict_numbers_the_faces_of_a_frame_largest_first(workdir, tmp_path, capsys):
+  image, small, large = two_face_scene()
+  cv2.imwrite(str(tmp_path / "two.png"), image)
+  out = tmp_path / "rows.csv"
+  assert run(["--workdir", workdir, str(tmp_path / "two.png"), "--detector", "yunet", "-o", str(out)], capsys)[0] == 0
+  rows = read_csv(out)
+  assert [r["face"] for r in rows] == ["0", "1"]
+  assert iou(tuple(int(rows[0][k]) for k in "xywh"), large) > 0.4
+  assert iou(tuple(int(rows[1][k]) for k in "xywh"), small) > 0.4
+
+
+def save_poisoned_steps(workdir: str, copy: pathlib.Path, synthetic_tiny_dir: str) -> None:
+  """Copies the run and adds step 9 with a NaN parameter and step 10 with an Inf one, both sealed."""
+  import jax
+
+  from fer_jax import checkpoint_checksums, checkpointing, train
+  from fer_jax.data import pipeline
+
+  shutil.copytree(workdir, copy)
+  config = tiny_config(synthetic_tiny_dir)
+  config.data.normalization = "standardize"  # as the workdir fixture trained
+  trainer = train.Trainer(config, str(copy))
+  manager = checkpointing.create_manager(str(copy), config)
+  state = checkpointing.restore(manager, 8, trainer.abstract_state)
+  train_iter = iter(pipeline.create_train_dataset(config))
+  for step, value in ((9, np.nan), (10, np.inf)):
+    leaves, treedef = jax.tree.flatten(state.params)
+    leaves[-1] = leaves[-1].at[0].set(value)
+    checkpointing.save(manager, step, state.replace(params=jax.tree.unflatten(treedef, leaves)), train_iter, None)
+  manager.wait_until_finished()
+  manager.close()
+  checkpoint_checksums.seal_finalized(checkpointing.checkpoint_dir(str(copy)))
+
+
+def test_predict_refuses_a_checkpoint_with_nan_or_inf_parameters(workdir, synthetic_tiny_dir, folder, tmp_path,
+                                                                 capsys):
+  copy = tmp_path / "run"
+  save_poisoned_steps(workdir, copy, synthetic_tiny_dir)
+  image = str(folder / "face.png")
+  for step in (9, 10):
+    out = tmp_path / f"step{step}.csv"
+    code, err = run(["--workdir", str(copy), "--step", str(step), image, "--no-detect", "-o", str(out)], capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        f"predict: error: checkpoint {copy / 'checkpoints' / str(step)} holds NaN or Inf parameters (damaged, or "
+        "saved from a diverged run): use another step (--step N)."], err
+    assert not out.exists()
+  assert run(["--workdir", str(copy), "--step", "8", image, "--no-detect"], capsys)[0] == 0
+
+
+def test_unreadable_inputs_and_faceless_videos_give_their_error_rows(workdir, tmp_path, capsys):
+  (tmp_path / "empty.png").write_bytes(b"")
+  (tmp_path / "broken.mp4").write_bytes(b"not a video at all" * 100)
+  faceless = tmp_path / "faceless.mp4"
+  writer = cv2.VideoWriter(str(faceless), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (640, 480))
+  for i in range(3):
+    writer.write(np.full((480, 640, 3), 100 + 20 * i, np.uint8))
+  writer.release()
+  out = tmp_path / "rows.csv"
+  inputs = [str(tmp_path / n) for n in ("empty.png", "broken.mp4", "faceless.mp4")]
+  code, err = run(["--workdir", workdir, *inputs, "--detector", "yunet", "-o", str(out)], capsys)
+  assert code == 0, err  # the faceless video was read
+  assert [(r["file"], r["frame"], r["error"]) for r in read_csv(out)] == [
+      (inputs[0], "", "empty file"),
+      (inputs[1], "", "cannot read video (not a video, or this OpenCV has no decoder for it)"),
+      (inputs[2], "", "no face found in any of the 3 frames"),
+  ]
+  assert f"{inputs[2]}: no face found in any of the 3 frames" in err
+
+
+def test_a_camera_that_cannot_be_read_is_an_error_row(workdir, tmp_path, capsys):
+  out = tmp_path / "rows.csv"
+  code, err = run(["--workdir", workdir, "--camera", "97", "--no-detect", "-o", str(out)], capsys)
+  assert code == 1 and "predict: camera:97: cannot read camera 97" in err and "no input could be read" in err
+  assert [(r["file"], r["error"]) for r in read_csv(out)] == [("camera:97", "cannot read camera 97")]
+
+
+def test_dtype_sets_the_compute_dtype(workdir, folder, tmp_path, capsys):
+  import jax.numpy as jnp
+
+  assert inference.load(workdir, dtype="bfloat16").model.dtype == jnp.bfloat16
+  assert inference.load(workdir).model.dtype == jnp.float32  # the config's
+  image = str(folder / "face.png")
+  probs = {}
+  for name, extra in {"config": [], "float32": ["--dtype", "float32"], "bfloat16": ["--dtype", "bfloat16"]}.items():
+    out = tmp_path / f"{name}.jsonl"
+    assert run(["--workdir", workdir, image, "--no-detect", "--format", "jsonl", "-o", str(out), *extra],
+               capsys)[0] == 0
+    probs[name] = np.array(list(json.loads(out.read_text())["probabilities"].values()))
+  np.testing.assert_array_equal(probs["float32"], probs["config"])
+  assert not np.array_equal(probs["bfloat16"], probs["float32"])  # computed in bfloat16 ...
+  np.testing.assert_allclose(probs["bfloat16"], probs["float32"], atol=0.03)  # ... to about 2-3 digits
+  code, err = run(["--exported", str(tmp_path / "model.fer"), "--dtype", "float32", image], capsys)
+  assert code == 2 and "--dtype, --step and --model_card do not apply to --exported artifacts" in err

@@ -15,12 +15,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import ml_collections
 import numpy as np
 
-from fer_jax import checkpointing, eval_job, train
+from fer_jax import checkpoint_checksums, checkpointing, eval_job, preemption, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -46,12 +47,12 @@ def write_config(tmp_path: pathlib.Path, data_dir: str, **overrides) -> tuple[st
   return str(path), config
 
 
-def start(config_file: str, workdir: str, log: pathlib.Path) -> subprocess.Popen:
+def start(config_file: str, workdir: str, log: pathlib.Path, *flags: str) -> subprocess.Popen:
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
   with open(log, "ab") as f:
-    return subprocess.Popen([sys.executable, "-m", "fer_jax.main", "--config", config_file, "--workdir", workdir],
-                            cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-m", "fer_jax.main", "--config", config_file, "--workdir", workdir,
+                             *flags], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
 
 
 def finalized_steps(workdir: str) -> list[int]:
@@ -152,3 +153,100 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path, synthetic_ti
   reference = str(tmp_path / "reference")
   train.train_and_evaluate(config, reference)
   assert_same_params(reference, workdir, config)
+
+
+def test_sigterm_in_train_and_eval_mode_saves_and_skips_the_evaluation(tmp_path, synthetic_tiny_dir):
+  overrides = dict(num_train_steps=400, checkpoint_every_steps=1000, eval_every_steps=1000, log_every_steps=2)
+  config_file, _ = write_config(tmp_path, synthetic_tiny_dir, **overrides)
+  workdir, log = str(tmp_path / "preempted"), tmp_path / "preempted.log"
+  proc = start(config_file, workdir, log, "--mode", "train_and_eval")
+  deadline = time.monotonic() + 120
+  while "step 4/400" not in log.read_text() and time.monotonic() < deadline:
+    assert proc.poll() is None, log.read_text()[-3000:]
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+  out = log.read_text()
+  saved = finalized_steps(workdir)
+  assert len(saved) == 1 and f"Preempted: saved a checkpoint at step {saved[0]}" in out, (saved, out[-2000:])
+  assert "Evaluated checkpoint steps" not in out and not os.path.exists(os.path.join(workdir, "eval")), out[-2000:]
+
+
+def test_the_handler_is_installed_in_the_main_thread_only_and_the_previous_one_comes_back(monkeypatch):
+  def previous(signum, frame):
+    raise AssertionError("the previous handler ran while the preemption notice was installed")
+
+  before = signal.signal(signal.SIGTERM, previous)
+  try:
+    with preemption.preemption_notice() as notice:
+      assert signal.getsignal(signal.SIGTERM) not in (previous, signal.SIG_DFL)
+      os.kill(os.getpid(), signal.SIGTERM)  # recorded, not fatal
+      deadline = time.monotonic() + 5
+      while notice["signal"] is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+      assert notice["signal"] == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+    seen = {}
+
+    def in_a_thread():  # signal.signal() raises ValueError outside the main thread: it must not be called
+      try:
+        with preemption.preemption_notice() as notice:
+          seen["notice"], seen["handler"] = notice, signal.getsignal(signal.SIGTERM)
+      except Exception as e:  # pylint: disable=broad-except
+        seen["error"] = e
+
+    thread = threading.Thread(target=in_a_thread)
+    thread.start()
+    thread.join()
+    assert "error" not in seen and seen["notice"] == {"signal": None} and seen["handler"] is previous, seen
+
+    monkeypatch.setattr(preemption.multiprocessing, "parent_process", lambda: object())  # a grain worker
+    with preemption.preemption_notice():
+      assert signal.getsignal(signal.SIGTERM) is previous
+  finally:
+    signal.signal(signal.SIGTERM, before)
+
+
+SECOND_SIGTERM_SCRIPT = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from train_test import tiny_config
+from fer_jax import checkpointing, parallel, train
+
+config = tiny_config({data_dir!r})
+config.update(num_train_steps=400, checkpoint_every_steps=4, eval_every_steps=4, log_every_steps=1)
+real_batch, real_save, batches = parallel.global_batch, checkpointing.save, []
+
+def global_batch(local_batch, mesh):
+  if local_batch["image"].shape[0] == config.batch_size:
+    batches.append(1)
+    if len(batches) == 6:
+      os.kill(os.getpid(), signal.SIGTERM)  # the preemption notice, during step 6
+  return real_batch(local_batch, mesh)
+
+def save(manager, step, state, data_iterator, metrics):
+  real_save(manager, step, state, data_iterator, metrics)
+  if metrics is None:  # the preemption save has started: a second SIGTERM now
+    print("second SIGTERM at step", step, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+    print("SURVIVED the second SIGTERM", flush=True)
+
+parallel.global_batch, checkpointing.save = global_batch, save
+train.train_and_evaluate(config, {workdir!r})
+print("training returned", flush=True)
+"""
+
+
+def test_a_second_sigterm_during_the_save_kills_at_once_and_the_previous_checkpoint_stays(tmp_path,
+                                                                                         synthetic_tiny_dir):
+  workdir = str(tmp_path / "run")
+  script = SECOND_SIGTERM_SCRIPT.format(tests=str(REPO / "tests"), data_dir=synthetic_tiny_dir, workdir=workdir)
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=180)
+  assert out.returncode == -signal.SIGTERM, (out.returncode, out.stdout, out.stderr[-3000:])
+  assert "second SIGTERM at step 6" in out.stdout and "SURVIVED" not in out.stdout, out.stdout
+  assert finalized_steps(workdir) == [4]
+  assert checkpoint_checksums.verify(checkpointing.step_dir(workdir, 4)) is not None

@@ -81,6 +81,25 @@ def test_nonfinite_skip_keeps_the_state_and_counts(tmp_path, synthetic_tiny_dir,
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(after.params))
 
 
+def test_nonfinite_skip_keeps_the_batch_norm_statistics(tmp_path, synthetic_tiny_dir, monkeypatch):
+  config = tiny_config(synthetic_tiny_dir)
+  config.model = "vgg"
+  config.model_kwargs = {"stage_features": (4, 4), "convs_per_stage": 1, "dense_features": (8,), "batch_norm": True}
+  config.nonfinite = "skip"
+  config.num_train_steps = 3
+  config.checkpoint_every_steps = config.eval_every_steps = config.log_every_steps = 1
+  poison_train_batch(monkeypatch, config, at_step=3)
+  workdir = str(tmp_path / "run")
+  assert train.train_and_evaluate(config, workdir)["nonfinite_skipped"] == 1.0
+  one, two, three = (state_at(workdir, config, s) for s in (1, 2, 3))
+  assert one.batch_stats and int(three.step) == 3
+  changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(one.batch_stats), jax.tree.leaves(two.batch_stats))]
+  assert all(changed)  # a finite step moves every running mean and variance
+  for a, b in zip(jax.tree.leaves((two.params, two.batch_stats)), jax.tree.leaves((three.params, three.batch_stats)),
+                  strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
 # ---------------------------------------------------------------------------- bad configs, command line
 
 

@@ -1,0 +1,260 @@
+"""Breaks the code on purpose, one mutation at a time, and checks that the tests meant to catch it fail.
+
+    python bench/mutation_check.py                    # all mutations: killed or survived, then a summary
+    python bench/mutation_check.py --list             # names, edits and tests; checks every snippet still matches
+    python bench/mutation_check.py --only train_step_gradient_ascent,ten_crop_top_left_thrice
+
+Each mutation is exact source-text replacements (file, old snippet, new snippet). The tracked and untracked
+(not ignored) files of the repository are copied into a temporary folder; there the unmutated tests are run once
+(the baseline: every test must pass and none be skipped, else a failure would prove nothing), then, for each
+mutation, its snippets are replaced, its tests run (`pytest -x -q NODE_IDS`, in the copy, so the copy's code is
+imported) and the files restored. Exit status 0 only when every mutation was killed; a snippet that is not found
+exactly once prints `stale` (the code moved on: update the snippet) and fails the run too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TIMEOUT_S = 900  # per pytest run; a mutation that hangs its tests this long counts as killed (timed out)
+
+
+@dataclasses.dataclass(frozen=True)
+class Edit:
+  file: str
+  old: str
+  new: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+  name: str
+  what: str
+  edits: tuple[Edit, ...]
+  tests: tuple[str, ...]
+
+
+def _m(name: str, what: str, file: str, old: str, new: str, *tests: str) -> Mutation:
+  return Mutation(name, what, (Edit(file, old, new),), tests)
+
+
+LEARNING = "tests/learning_test.py::test_a_short_run_lowers_the_loss_and_beats_chance_on_validation"
+CONFUSION = "tests/evaluation_test.py::test_eval_step_confusion_rows_are_true_labels_and_columns_predictions"
+VIEWS = "tests/evaluation_test.py::test_views"
+HANDLER = ("tests/preemption_test.py::"
+           "test_the_handler_is_installed_in_the_main_thread_only_and_the_previous_one_comes_back")
+SECOND_SIGTERM = ("tests/preemption_test.py::"
+                  "test_a_second_sigterm_during_the_save_kills_at_once_and_the_previous_checkpoint_stays")
+
+MUTATIONS: tuple[Mutation, ...] = (
+    _m("train_step_gradient_ascent", "train_step climbs the loss (negated gradients)",
+       "fer_jax/train.py", "state.tx.update(grads,", "state.tx.update(jax.tree.map(jnp.negative, grads),",
+       LEARNING),
+    _m("eval_step_confusion_transposed", "eval_step's confusion matrix: rows predictions, columns labels",
+       "fer_jax/evaluation.py", ".at[labels, predictions].add(mask)", ".at[predictions, labels].add(mask)",
+       CONFUSION),
+    _m("eval_step_mask_ignored", "eval_step counts padding examples",
+       "fer_jax/evaluation.py", ".at[labels, predictions].add(mask)", ".at[labels, predictions].add(1.0)",
+       CONFUSION),
+    _m("ten_crop_top_left_thrice", "ten_crop_view: the top-left crop instead of the top-right and bottom-left",
+       "fer_jax/evaluation.py", "images[:, :s, w - s:], images[:, h - s:, :s],",
+       "images[:, :s, :s], images[:, :s, :s],", VIEWS, "tests/predict_test.py::test_centre_crop_and_colour_models"),
+    _m("flip_view_not_mirrored", "flip_view returns the plain view twice",
+       "fer_jax/evaluation.py", "  return [x, x[:, :, ::-1]]", "  return [x, x]", VIEWS),
+    _m("yunet_smallest_first", "YuNet boxes sorted smallest first",
+       "fer_jax/serving/face_detection.py",
+       "        boxes.append((int(x0), int(y0), int(x1 - x0), int(y1 - y0)))\n"
+       "    return sorted(boxes, key=lambda b: (-b[2] * b[3],",
+       "        boxes.append((int(x0), int(y0), int(x1 - x0), int(y1 - y0)))\n"
+       "    return sorted(boxes, key=lambda b: (b[2] * b[3],",
+       "tests/predict_test.py::test_detectors_put_the_largest_face_first[yunet]",
+       "tests/predict_test.py::test_predict_numbers_the_faces_of_a_frame_largest_first"),
+    _m("haar_smallest_first", "Haar boxes sorted smallest first",
+       "fer_jax/serving/face_detection.py",
+       "    # Largest first, then top-left to bottom-right: a stable order for rows and tests.\n"
+       "    return sorted(boxes, key=lambda b: (-b[2] * b[3],",
+       "    # Largest first, then top-left to bottom-right: a stable order for rows and tests.\n"
+       "    return sorted(boxes, key=lambda b: (b[2] * b[3],",
+       "tests/predict_test.py::test_detectors_put_the_largest_face_first[haar]"),
+    _m("nonfinite_skip_keeps_new_batch_stats", "nonfinite='skip' no longer restores batch-norm statistics",
+       "fer_jax/train.py", "batch_stats=keep(new_state.batch_stats, state.batch_stats))",
+       "batch_stats=new_state.batch_stats)",
+       "tests/reliability_test.py::test_nonfinite_skip_keeps_the_batch_norm_statistics"),
+    _m("sigterm_handler_in_any_thread", "the SIGTERM handler is installed outside the main thread too",
+       "fer_jax/preemption.py",
+       "if threading.current_thread() is not threading.main_thread() or multiprocessing.parent_process() is not None:",
+       "if multiprocessing.parent_process() is not None:", HANDLER),
+    _m("sigterm_previous_handler_not_restored", "the previous SIGTERM handler is not restored",
+       "fer_jax/preemption.py", "    signal.signal(signal.SIGTERM, previous)", "    pass", HANDLER),
+    _m("second_sigterm_not_fatal", "a second SIGTERM during the save no longer kills",
+       "fer_jax/preemption.py", "      os.kill(os.getpid(), signum)", "      pass", SECOND_SIGTERM),
+    _m("main_evaluates_after_preemption", "main.py runs the evaluation after a preemption in train_and_eval mode",
+       "fer_jax/main.py", 'run the same command to resume.")\n      return\n', 'run the same command to resume.")\n',
+       "tests/preemption_test.py::test_sigterm_in_train_and_eval_mode_saves_and_skips_the_evaluation"),
+    _m("preemption_not_at_a_log_step", "multi-process runs act on process 0's notice at any step",
+       "fer_jax/train.py",
+       "return itstime(step, self.config.log_every_steps, self.total_steps) and distributed.from_process_0(",
+       "return distributed.from_process_0(",
+       "tests/multiprocess_test.py::test_every_process_acts_on_process_0s_notice_at_the_next_log_step"),
+    _m("checksum_comparison_disabled", "verify() no longer compares SHA-256 digests",
+       "fer_jax/checkpoint_checksums.py", '    if _sha256(file) != expected["sha256"]:', "    if False:",
+       "tests/checkpoint_integrity_test.py::test_predict_refuses_a_damaged_step_in_one_line[flip_two_bytes]"),
+    _m("seal_before_save_removed", "the steps finalized since the last save are not sealed before the next",
+       "fer_jax/checkpointing.py", "    checkpoint_checksums.seal_finalized(str(manager.directory))", "    pass",
+       SECOND_SIGTERM),
+    _m("seal_after_finalize_removed", "the trainer no longer seals a saved step once orbax renamed it",
+       "fer_jax/train.py", "unsealed = checkpointing.seal_if_finalized(workdir, unsealed)", "unsealed = None",
+       "tests/checkpoint_integrity_test.py::test_a_run_killed_between_saves_leaves_its_newest_step_sealed"),
+    _m("every_step_damaged_trains_afresh", "resume with every step damaged starts from scratch silently",
+       "fer_jax/checkpointing.py", "  if problems:\n    raise DamagedCheckpointError(",
+       "  if False:\n    raise DamagedCheckpointError(",
+       "tests/checkpoint_integrity_test.py::test_resume_with_every_step_damaged_stops_with_one_line"),
+    _m("resume_without_the_iterator", "resume restores the state but not the input iterator's position",
+       "fer_jax/checkpointing.py", "state = restore(manager, step, abstract_state, data_iterator)",
+       "state = restore(manager, step, abstract_state)",
+       "tests/train_test.py::test_resume_continues_on_the_next_batch"),
+    _m("inference_nan_check_removed", "inference.load accepts NaN or Inf parameters",
+       "fer_jax/serving/inference.py", "  if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(variables)):",
+       "  if False:", "tests/predict_test.py::test_predict_refuses_a_checkpoint_with_nan_or_inf_parameters"),
+    _m("predict_dtype_ignored", "--dtype no longer changes the compute dtype",
+       "fer_jax/serving/inference.py", "    config.dtype = dtype", "    pass",
+       "tests/predict_test.py::test_dtype_sets_the_compute_dtype"),
+    _m("faceless_video_gives_no_row", "a video with no face in any frame gives no error row",
+       "fer_jax/serving/predict.py", "    if not with_faces:", "    if False:",
+       "tests/predict_test.py::test_unreadable_inputs_and_faceless_videos_give_their_error_rows"),
+)
+
+
+def check_snippets(mutation: Mutation, root: pathlib.Path) -> list[str]:
+  """Problems with `mutation` in the tree at `root`: snippets not found exactly once, tests that do not exist."""
+  problems = []
+  for edit in mutation.edits:
+    path = root / edit.file
+    count = path.read_text().count(edit.old) if path.is_file() else 0
+    if count != 1:
+      problems.append(f"{edit.file}: old snippet found {count} times, not once: {edit.old!r}")
+  for node in mutation.tests:
+    file, _, name = node.partition("::")
+    function = re.sub(r"\[.*\]$", "", name)
+    path = root / file
+    if not path.is_file() or not re.search(rf"^def {re.escape(function)}\(", path.read_text(), re.M):
+      problems.append(f"test {node} does not exist")
+  return problems
+
+
+def copy_repo(target: pathlib.Path) -> None:
+  """The tracked and untracked, not ignored, files of the working tree (uncommitted edits included)."""
+  files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                         check=True, capture_output=True).stdout.decode().split("\0")
+  for rel in filter(None, files):
+    source = REPO / rel
+    if source.is_file():
+      (target / rel).parent.mkdir(parents=True, exist_ok=True)
+      shutil.copy2(source, target / rel)
+
+
+def run_tests(root: pathlib.Path, tests: list[str], log: pathlib.Path) -> tuple[str, float]:
+  """('passed' | 'failed' | 'skipped' | 'error: ...', seconds) of `pytest -x -q tests` in the copy."""
+  env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(root))
+  start = time.monotonic()
+  try:
+    out = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-rs", "-p", "no:cacheprovider", *tests],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+  except subprocess.TimeoutExpired:
+    return f"timed out after {TIMEOUT_S} s", time.monotonic() - start
+  seconds = time.monotonic() - start
+  log.write_text(out.stdout + out.stderr)
+  summary = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+  if out.returncode == 1:
+    return "failed", seconds
+  if out.returncode == 0:
+    return ("skipped" if "skipped" in summary else "passed"), seconds
+  return f"error: pytest exit status {out.returncode} ({summary}); see {log}", seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--list", action="store_true", help="list the mutations and check their snippets; run nothing")
+  p.add_argument("--only", help="comma-separated mutation names")
+  p.add_argument("--keep", action="store_true", help="keep the temporary copy and the pytest logs")
+  args = p.parse_args(argv)
+  by_name = {m.name: m for m in MUTATIONS}
+  chosen = list(MUTATIONS)
+  if args.only:
+    unknown = [n for n in args.only.split(",") if n not in by_name]
+    if unknown:
+      p.error(f"unknown mutation(s) {', '.join(unknown)}; --list shows them")
+    chosen = [by_name[n] for n in args.only.split(",")]
+
+  stale = {m.name: check_snippets(m, REPO) for m in chosen}
+  if args.list:
+    for m in chosen:
+      print(f"{m.name}: {m.what} [{'stale' if stale[m.name] else 'ok'}]")
+      for edit in m.edits:
+        print(f"    {edit.file}: {edit.old!r} -> {edit.new!r}")
+      for node in m.tests:
+        print(f"    test {node}")
+      for problem in stale[m.name]:
+        print(f"    stale: {problem}")
+    print(f"{len(chosen)} mutations, {sum(bool(v) for v in stale.values())} stale")
+    return 1 if any(stale.values()) else 0
+
+  start = time.monotonic()
+  work = pathlib.Path(tempfile.mkdtemp(prefix="fer_jax_mutation_"))
+  root, logs = work / "repo", work / "logs"
+  logs.mkdir()
+  results: dict[str, str] = {}
+  try:
+    copy_repo(root)
+    runnable = [m for m in chosen if not stale[m.name]]
+    for m in chosen:
+      if stale[m.name]:
+        results[m.name] = "stale"
+        print(f"stale     {m.name}: " + "; ".join(stale[m.name]), flush=True)
+    baseline_tests = list(dict.fromkeys(t for m in runnable for t in m.tests))
+    if baseline_tests:
+      outcome, seconds = run_tests(root, baseline_tests, logs / "baseline.log")
+      print(f"baseline: {len(baseline_tests)} tests unmutated: {outcome} ({seconds:.0f} s)", flush=True)
+      if outcome != "passed":
+        print(f"error: the unmutated tests must all pass, none skipped, before a mutation can be judged; see "
+              f"{logs / 'baseline.log'}" + ("" if args.keep else " (rerun with --keep to read it)"))
+        return 2
+    for m in runnable:
+      originals = {e.file: (root / e.file).read_text() for e in m.edits}
+      try:
+        for e in m.edits:
+          path = root / e.file
+          path.write_text(path.read_text().replace(e.old, e.new, 1))
+        outcome, seconds = run_tests(root, list(m.tests), logs / f"{m.name}.log")
+      finally:
+        for file, text in originals.items():
+          (root / file).write_text(text)
+      verdict = "killed" if outcome == "failed" or outcome.startswith("timed out") else "survived"
+      if outcome.startswith("error") or outcome == "skipped":
+        verdict = "error"
+      results[m.name] = verdict
+      print(f"{verdict:9} {m.name} ({seconds:.0f} s{'' if outcome in ('failed', 'passed') else ', ' + outcome})",
+            flush=True)
+  finally:
+    if args.keep:
+      print(f"kept {work}")
+    else:
+      shutil.rmtree(work, ignore_errors=True)
+  counts = {v: sum(r == v for r in results.values()) for v in ("killed", "survived", "stale", "error")}
+  print(f"{len(results)} mutations: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) +
+        f" in {time.monotonic() - start:.0f} s")
+  return 0 if counts["killed"] == len(results) else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())
