@@ -37,9 +37,12 @@ if [[ "$MODE" == prepare ]]; then
       --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl "$w"
   done
   python3 -m pip wheel -q --no-deps -w .whl promise==2.3  # pure Python, published as a source archive only
-  [[ -f .gpu/fer2013_jpeg.npz ]] || "$PY" bench/gpu_payload.py pack ../shared/data/fer2013 .gpu/fer2013_jpeg.npz
-  PY312="${PY312:-$(command -v python3.12 2>/dev/null || ls -d ~/.pyenv/versions/3.12*/bin/python 2>/dev/null | tail -1 || true)}"
-  if [[ -n "$PY312" ]] && "$PY312" --version >/dev/null 2>&1; then
+  "$PY" bench/gpu_payload.py pack ../shared/data/fer2013 .gpu/fer2013_jpeg.npz
+  PY312="${PY312:-}"
+  for candidate in python3.12 ~/.pyenv/versions/3.12*/bin/python; do  # the first that runs (pyenv shims may not)
+    [[ -z "$PY312" ]] && "$candidate" --version >/dev/null 2>&1 && PY312="$candidate"
+  done
+  if [[ -n "$PY312" ]]; then
     "$PY" bench/gpu_wheels_check.py .whl --import_check "$PY312"
   else
     echo "no Python 3.12 here (set PY312=...): import check skipped, static check only"
@@ -63,7 +66,7 @@ if [[ "$SMOKE" != --cpu_smoke ]]; then
   MODEL=vgg DEVICE=cuda BATCH=256 STEPS=20 ROUNDS=3 PEER_PYTHON=python3 FLOPS_BATCH=8 DTYPE=bfloat16
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$REPORT"
 else  # tiny, on the CPU, from this checkout's interpreter: checks every step of the script, measures nothing
-  export PYTHONPATH="$PWD"
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
   MODEL=cnn DEVICE=cpu BATCH=8 STEPS=1 ROUNDS=1 PEER_PYTHON="${FER_JAX_PEER_PYTHON:-$PY}" FLOPS_BATCH=2 DTYPE=float32
   TRAIN_LIMIT_S="${SMOKE_LIMIT_S:-900}" STEP_LIMIT_S="${SMOKE_LIMIT_S:-900}"  # a loaded 2-core machine is slow
   # A tiny float32 VGG (XLA:CPU compiles bfloat16 convolutions slowly), read in the training process.

@@ -140,10 +140,17 @@ def _pip(vpython: str, *args: str) -> None:
     raise SystemExit(f"pip {' '.join(args[:2])} failed in the import check's venv:\n{result.stdout}{result.stderr}")
 
 
-def import_check(python: str, wheel_dir: pathlib.Path, image: dict[str, Version | None], touched: set[str]) -> int:
-  """Imports the GPU run's chain with only the image's packages and the carried wheels; returns an exit code."""
+def import_check(python: str, wheel_dir: pathlib.Path, image: dict[str, Version | None], touched: set[str],
+                 keep: pathlib.Path | None = None) -> int:
+  """Imports the GPU run's chain with only the image's packages and the carried wheels; returns an exit code.
+
+  With `keep`, the venv (keep/venv) and the installed wheels (keep/site) stay there: a stand-in for the GPU
+  image's Python on this CPU (`PYTHON=keep/venv/bin/python PYTHONPATH=keep/site bash bench/gpu_check.sh run
+  --cpu_smoke`).
+  """
   with tempfile.TemporaryDirectory(prefix="gpu_wheels_") as scratch:
-    venv, target = pathlib.Path(scratch) / "venv", pathlib.Path(scratch) / "site"
+    root = keep or pathlib.Path(scratch)
+    venv, target = root / "venv", root / "site"
     subprocess.run([python, "-m", "venv", str(venv)], check=True)
     vpython = str(venv / "bin" / "python")
     pins = [f"{n}=={image[n]}" if image[n] else n for n in sorted(touched)]
@@ -172,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--image_list", type=pathlib.Path, default=IMAGE_LIST)
   p.add_argument("--import_check", metavar="PYTHON312", default=None,
                  help="also import the chain in a venv of this Python 3.12 holding only the image's packages")
+  p.add_argument("--keep", type=pathlib.Path, default=None,
+                 help="--import_check: build the venv and the wheels' folder here and keep them")
   p.add_argument("-v", "--verbose", action="store_true", help="print where each requirement is met")
   args = p.parse_args(argv)
   image = read_image_list(args.image_list)
@@ -193,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
   if problems:
     return 1
   print("static check: OK")
-  return import_check(args.import_check, args.wheel_dir, image, touched) if args.import_check else 0
+  return import_check(args.import_check, args.wheel_dir, image, touched, args.keep) if args.import_check else 0
 
 
 if __name__ == "__main__":
