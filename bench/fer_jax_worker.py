@@ -109,8 +109,8 @@ def main() -> None:
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                       help="compute dtype (fer_jax and +dropout variants; parameters stay float32)")
   parser.add_argument("--flops", action="store_true",
-                      help="print {\"flops_per_step\": ...} (bench/flop_count.py: XLA's count on the CPU backend, and the "
-                           "jaxpr's matrix work) and exit; use --variant plain (XLA's convolutions)")
+                      help="print {\"flops_per_step\": ...} (bench/flop_count.py: the jaxpr's matrix work, and XLA's "
+                           "count on the CPU backend) and exit; use --variant plain (XLA's convolutions)")
   parser.add_argument("--input", choices=("memory", "pipeline"), default="memory")
   parser.add_argument("--data_dir", default="/tmp/fer_jax_bench", help="--input pipeline: the bench dataset")
   parser.add_argument("--workers", type=int, default=1, help="--input pipeline: grain worker processes")

@@ -5,11 +5,11 @@ tiny batches; all are started at once by one module fixture (each is mostly star
 one core) and each test waits for its own and checks what it printed. Covered:
 
   train_step.py --end_to_end (fer_jax and its end-to-end worker; the plain Flax rung of its ladder runs in
-  the --flops check), inference.py,
-  end_to_end.py, input_pipeline.py, fer_jax_worker.py --flops (bench/flop_count.py), gpu_check.sh run
-  --cpu_smoke (on a tiny FER2013 CSV written here), time_to_accuracy.py, gpu_payload.py,
-  gpu_wheels_check.py (on wheels made here; on .whl/ where prepare made it), checkpoint_checksums.py, build_fer2013.py --fraction, predict_video.py;
-  with ../shared/data present: build_expw.py, face_detection.py, face_alignment.py on five ExpW photos.
+  the --flops check), inference.py, end_to_end.py, input_pipeline.py, fer_jax_worker.py --flops
+  (bench/flop_count.py), gpu_check.sh run --cpu_smoke (on a tiny FER2013 CSV written here),
+  time_to_accuracy.py, gpu_payload.py, gpu_wheels_check.py (on wheels made here; on .whl/ where prepare
+  made it), checkpoint_checksums.py, build_fer2013.py --fraction, predict_video.py; with ../shared/data
+  present: build_expw.py, face_detection.py, face_alignment.py on five ExpW photos.
 
 Left out: the PyTorch and Keras peers (bench/peers/*_worker.py) unless FER_JAX_PEER_PYTHON imports torch
 (tests/peers_test.py checks them apart); worker_protocol.py is the harness the others run on.
@@ -193,12 +193,14 @@ def test_jaxpr_flops_count_nested_convolutions_and_matmuls():
 
 def test_gpu_check_cpu_smoke_runs_every_section(launched, tmp_path):
   text = _output(launched, "gpu_check")
-  for section in ("== 1. configs/fer2013_gpu.py", "== 2. cnn float32", "== 3. model FLOPs utilisation"):
+  for section in ("== 1. configs/fer2013_gpu.py", "== 2. the same launch again", "== 3. cnn float32",
+                  "== 4. model FLOPs utilisation"):
     assert section in text
   assert "trainer exit status 0" in text
   assert "70%: " in text and "72%: " in text  # reached or "not reached (best ...)": both are lines
   assert "Startup to first step " in text or "(no startup line)" in text
   assert "Model vgg: " in text and "step 6 validation" in text
+  assert "trainer exit status 0 (124" in text  # the second launch, not stopped: a smoke run is short
   assert any(line.startswith("fer_jax ") and "MFU" in line for line in text.splitlines())
   report = pathlib.Path(launched["gpu_check"][1].parent / "gpu_check_out" / "gpu_check.txt").read_text()
   assert "cpu smoke run" in report and "MFU" in report
