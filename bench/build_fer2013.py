@@ -28,8 +28,8 @@ REAL_DATA = pathlib.Path(os.environ.get(
 USAGE_COUNTS = {"Training": 28709, "PublicTest": 3589, "PrivateTest": 3589}  # the real fer2013.csv
 
 
-def write_full_csv(path: pathlib.Path, seed: int = 0) -> int:
-  """Writes a 35,887-row fer2013.csv to `path`; returns the number of rows."""
+def write_full_csv(path: pathlib.Path, seed: int = 0, fraction: float = 1.0) -> int:
+  """Writes a 35,887-row fer2013.csv (times `fraction`) to `path`; returns the number of rows."""
   rng = np.random.default_rng(seed)
   sample = REAL_DATA / "fer2013_csv_sample" / "fer2013.csv"
   if sample.exists():
@@ -39,9 +39,10 @@ def write_full_csv(path: pathlib.Path, seed: int = 0) -> int:
     print(f"{sample} absent: random pixels")
     rows = [[str(rng.integers(7)), " ".join(map(str, rng.integers(0, 256, 48 * 48)))]
             for _ in range(500)]
-  total = sum(USAGE_COUNTS.values())
+  counts = {u: max(1, round(n * fraction)) for u, n in USAGE_COUNTS.items()}
+  total = sum(counts.values())
   picks = rng.integers(len(rows), size=total)
-  usages = [u for u, n in USAGE_COUNTS.items() for _ in range(n)]
+  usages = [u for u, n in counts.items() for _ in range(n)]
   with open(path, "w") as f:
     f.write("emotion,pixels,Usage\n")
     for i, usage in zip(picks, usages):
@@ -63,22 +64,26 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--tar", action="store_true", help="also time fer2013.tar.gz")
+  parser.add_argument("--fraction", type=float, default=1.0,
+                      help="that fraction of the full size (a smoke run: tests/bench_scripts_test.py); below 1 the "
+                           "real image folders are not built")
   args = parser.parse_args()
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
     (tmp / "csv").mkdir()
-    write_full_csv(tmp / "csv" / "fer2013.csv")
-    timed_build("full-size fer2013.csv", tmp / "csv", tmp / "data_csv")
+    size = "full-size" if args.fraction == 1 else f"{args.fraction:g} x full-size"
+    write_full_csv(tmp / "csv" / "fer2013.csv", fraction=args.fraction)
+    timed_build(f"{size} fer2013.csv", tmp / "csv", tmp / "data_csv")
     if args.tar:
       (tmp / "tar").mkdir()
       with tarfile.open(tmp / "tar" / "fer2013.tar.gz", "w:gz", compresslevel=6) as tar:
         tar.add(tmp / "csv" / "fer2013.csv", arcname="fer2013/fer2013.csv")
-      timed_build("full-size fer2013.tar.gz", tmp / "tar", tmp / "data_tar")
+      timed_build(f"{size} fer2013.tar.gz", tmp / "tar", tmp / "data_tar")
     folders = REAL_DATA / "fer2013"
-    if folders.exists():
+    if folders.exists() and args.fraction == 1:
       timed_build(f"real image folders {folders}", folders, tmp / "data_folders")
     else:
-      print(f"{folders} absent: skipping the image-folder build")
+      print(f"{folders} absent or --fraction < 1: skipping the image-folder build")
 
 
 if __name__ == "__main__":

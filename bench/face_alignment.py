@@ -1,6 +1,7 @@
 """Does levelling the eyes (YuNet's landmarks) raise expression accuracy on real scene photos?
 
     python bench/face_alignment.py        # ../shared/data/expw_sample, the bundled model
+    python bench/face_alignment.py --limit 50
 
 For every labelled ExpW face that YuNet finds (IoU >= 0.4 with the label box),
 the bundled model classifies the crop predict makes from YuNet's box, once as
@@ -12,6 +13,7 @@ median eye-line angle.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import statistics
@@ -27,12 +29,18 @@ from fer_jax.serving import face_detection, pretrained  # noqa: E402
 
 
 def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--data", default=DATA, help="an ExpW folder: label.lst and origin/")
+  p.add_argument("--limit", type=int, default=0, help="first N photos only (0: all)")
+  args = p.parse_args()
   os.environ.setdefault("OMP_NUM_THREADS", "1")
   import yuface  # pylint: disable=g-import-not-at-top  (the backend with landmarks)
 
-  truth = labelled_faces(DATA)
+  truth = labelled_faces(args.data)
+  if args.limit:
+    truth = {name: truth[name] for name in sorted(truth)[:args.limit]}
   labels = {}
-  with open(os.path.join(DATA, "label.lst")) as f:
+  with open(os.path.join(args.data, "label.lst")) as f:
     for line in f:
       fields = line.split()
       if len(fields) == 8:
@@ -42,7 +50,7 @@ def main() -> None:
   plain_right = aligned_right = total = 0
   angles = []
   for name in sorted(truth):
-    image = cv2.imread(os.path.join(DATA, "origin", name))
+    image = cv2.imread(os.path.join(args.data, "origin", name))
     h, w = image.shape[:2]
     scale = 320 / max(h, w)
     small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
@@ -70,6 +78,8 @@ def main() -> None:
       aligned_right += aligned == label
       total += 1
       angles.append(abs(angle))
+  if not total:
+    raise SystemExit(f"YuNet matched none of the labelled faces in {args.data} (limit {args.limit})")
   print(f"{total} labelled faces found by YuNet; median |eye-line angle| {statistics.median(angles):.1f} degrees")
   print(f"accuracy as detected: {plain_right / total:.4f}; eyes levelled: {aligned_right / total:.4f}")
 

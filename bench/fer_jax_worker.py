@@ -109,12 +109,15 @@ def main() -> None:
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                       help="compute dtype (fer_jax and +dropout variants; parameters stay float32)")
   parser.add_argument("--flops", action="store_true",
-                      help="print {\"flops_per_step\": ...} (XLA's cost analysis of the train step) and exit")
+                      help="print {\"flops_per_step\": ...} (bench/flop_count.py: the jaxpr's matrix work, and XLA's "
+                           "count on the CPU backend) and exit; use --variant plain (XLA's convolutions)")
   parser.add_argument("--input", choices=("memory", "pipeline"), default="memory")
   parser.add_argument("--data_dir", default="/tmp/fer_jax_bench", help="--input pipeline: the bench dataset")
   parser.add_argument("--workers", type=int, default=1, help="--input pipeline: grain worker processes")
   args = parser.parse_args()
 
+  if args.flops:  # XLA:GPU's cost analysis is None (issue 22): count the same shapes on the CPU backend.
+    os.environ["JAX_PLATFORMS"] = "cpu"
   if args.variant != "plain":
     from fer_jax.kernels import host_allocator  # pylint: disable=g-import-not-at-top
     host_allocator.keep_freed_memory()
@@ -140,11 +143,13 @@ def main() -> None:
 
   step = jax.jit(functools.partial(train.train_step, base_key=jax.random.key(0), label_smoothing=0.0,
                                    class_weights=None), donate_argnums=0)
-  if args.flops:  # For model FLOPs utilisation: XLA's count for one step, convolutions as XLA's own
+  if args.flops:  # For model FLOPs utilisation: bench/flop_count.py, on the CPU backend (set in main's start)
     import json  # pylint: disable=g-import-not-at-top
-    cost = step.lower(state, {"image": images, "label": labels}).cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    print(json.dumps({"flops_per_step": float(cost["flops"]), "batch": args.batch}), flush=True)
+    import flop_count  # pylint: disable=g-import-not-at-top  (bench/flop_count.py)
+    counts = flop_count.step_flops(step, state, {"image": images, "label": labels})
+    # flops_per_step: model FLOPs (the convolutions and matrix products, forward and backward), the MFU convention.
+    print(json.dumps({"flops_per_step": counts["matmul"], "xla_flops_per_step": counts["xla"],
+                      "backend": jax.default_backend(), "batch": args.batch}), flush=True)
     return
   if args.input == "pipeline":
     import input_pipeline as bench_pipeline  # pylint: disable=g-import-not-at-top  (bench/input_pipeline.py)

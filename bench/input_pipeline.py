@@ -28,7 +28,7 @@ import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-AUGMENT = dict(enabled=True, rotation_deg=15.0, shift=0.1, zoom=0.1, hflip=True, crop_size=None,
+AUGMENT = dict(enabled=True, rotation_deg=15.0, shift=0.1, zoom=0.1, hflip=True, crop_size=0,
                crop_padding=4, erasing_prob=0.5, erasing_area=(0.02, 0.25), erasing_aspect=(0.3, 3.3))
 
 
@@ -73,12 +73,18 @@ def build_bench_dataset(data_dir: str, num_train: int, encoding: str) -> str:
 
 def make_config(name: str, builder_config: str | None, data_dir: str, num_workers: int, batch_size: int,
                 augment: bool, cache_max_mb: float = 0) -> ml_collections.ConfigDict:
-  """The pipeline's config; cache_max_mb=0 reads the files for every batch (the trainer's default caches)."""
-  return ml_collections.ConfigDict(dict(
-      seed=0, batch_size=batch_size, eval_batch_size=batch_size,
-      data=dict(name=name, config=builder_config, data_dir=data_dir, train_split="train", eval_split="validation",
-                num_workers=num_workers, prefetch=2, normalization="standardize", cache_max_mb=cache_max_mb,
-                augment=dict(AUGMENT, enabled=augment))))
+  """The pipeline's config; cache_max_mb=0 reads the files for every batch (the trainer's default caches).
+
+  Starts from the trainer's own `config_schema.base_config()`, so a field the pipeline starts reading is
+  there with its default (a hand-built dict here once lacked data.norm_stats_examples: a KeyError).
+  """
+  from fer_jax import config_schema  # pylint: disable=g-import-not-at-top
+  config = config_schema.base_config()
+  config.seed, config.batch_size, config.eval_batch_size = 0, batch_size, batch_size
+  config.data.update(dict(name=name, config=builder_config or "", data_dir=data_dir, num_workers=num_workers,
+                          prefetch=2, normalization="standardize", cache_max_mb=float(cache_max_mb)))
+  config.data.augment.update(dict(AUGMENT, enabled=augment))
+  return config
 
 
 def median_rate(fn, repeats: int) -> float:

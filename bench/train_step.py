@@ -50,7 +50,8 @@ def contenders(args: argparse.Namespace, task: str) -> list[tuple[str, list[str]
                                                        "--dtype", dtype, "--variant", "fer_jax"]))
   if getattr(args, "end_to_end", False):
     # The trainer's own input: grain pipeline with augmentation, in the training process (data.num_workers=0).
-    out.append(("fer_jax end to end", fer + ["--input", "pipeline", "--workers", "0"]))
+    out.append(("fer_jax end to end", fer + ["--input", "pipeline", "--workers", "0",
+                                            "--data_dir", getattr(args, "data_dir", "/tmp/fer_jax_bench")]))
   peer = [args.peer_python]
   torch_worker = os.path.join(BENCH_DIR, "peers", "torch_worker.py")
   keras_worker = os.path.join(BENCH_DIR, "peers", "keras_worker.py")
@@ -117,6 +118,8 @@ def main() -> None:
   parser.add_argument("--peer_python", default=sys.executable, help="interpreter with torch / tensorflow")
   parser.add_argument("--end_to_end", action="store_true",
                       help="also time fer_jax fed by its input pipeline (augmentation on), as the trainer runs")
+  parser.add_argument("--data_dir", default="/tmp/fer_jax_bench",
+                      help="--end_to_end: where the bench dataset (bench/input_pipeline.py) is built or found")
   parser.add_argument("--baseline", default="",
                       help="comma-separated checkouts (e.g. a `git worktree` of an older commit) whose fer_jax "
                            "trains the same model in the same run: before/after a change")
