@@ -140,6 +140,12 @@ def resolve_checkpoint(workdir: str | None = None, checkpoint: str | None = None
   return checkpointing.step_dir(workdir, step), step, model_card or model_card_lib.path_in(workdir)
 
 
+def _is_bundle(folder: str) -> bool:
+  """A bundled model's folder (pretrained.py): model.json and params.npz, and no checkpoints of a training run."""
+  return (os.path.isfile(os.path.join(folder, "params.npz")) and os.path.isfile(model_card_lib.path_in(folder))
+          and not os.path.isdir(os.path.join(folder, "checkpoints")))
+
+
 def named_leaves(tree: Any) -> list[tuple[str, Any]]:
   """(name, leaf) of each leaf of a tree of variables, named by tree path: "params/Conv_0/kernel"."""
   return [(jax.tree_util.keystr(path, simple=True, separator="/"), leaf)
@@ -188,10 +194,20 @@ def load(workdir: str | None = None, *, checkpoint: str | None = None, step: int
 
   `workdir` (its latest finished step, or `step`) or `checkpoint` (WORKDIR/checkpoints/<step>; model.json is read
   from WORKDIR unless `model_card` says where). `dtype` overrides the config's compute dtype (e.g. float32 for a
-  bfloat16-trained model on a CPU). Raises ModelLoadError saying what to do when anything does not fit.
+  bfloat16-trained model on a CPU). `workdir` may also be a bundled model's folder (model.json + params.npz, as
+  fer_jax/serving/weights/NAME or `python -m fer_jax.pretrained --output DIR` write). Raises ModelLoadError saying
+  what to do when anything does not fit.
   """
   import orbax.checkpoint as ocp
 
+  if workdir is not None and checkpoint is None and _is_bundle(workdir):
+    from fer_jax.serving import pretrained  # pylint: disable=g-import-not-at-top  (it imports this module)
+
+    if step is not None or model_card is not None:
+      raise ModelLoadError(f"{workdir} is a bundled model (one set of weights): --step and --model_card do not "
+                           "apply.")
+    folder = os.path.abspath(workdir)
+    return pretrained.load(os.path.basename(folder), weights_dir=os.path.dirname(folder), margin=margin, dtype=dtype)
   step_dir, step, card_path = resolve_checkpoint(workdir, checkpoint, step, model_card)
   card = model_card_lib.read(card_path)
   model, prep, abstract = model_from_card(card, card_path, margin=margin, dtype=dtype)
