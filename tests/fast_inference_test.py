@@ -9,6 +9,7 @@ import pytest
 from fer_jax.kernels import onednn_conv
 from fer_jax.serving import inference, pretrained
 
+CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 needs_onednn = pytest.mark.skipif(not onednn_conv.available(), reason="oneDNN's library or a C compiler is missing")
 
 
@@ -41,3 +42,31 @@ def test_auto_keeps_xla_where_onednn_does_not_apply(monkeypatch):
     inference.inference_kernels("onednn")
   with pytest.raises(ValueError, match="is not one of auto, onednn, xla"):
     inference.inference_kernels("fast")
+
+
+@needs_onednn
+def test_predict_kernels_option_gives_the_same_rows(tmp_path):
+  import csv
+
+  import cv2
+
+  from fer_jax.serving import predict
+  crops = tmp_path / "crops"
+  crops.mkdir()
+  for i in range(3):
+    cv2.imwrite(str(crops / f"{i}.png"), np.random.default_rng(i).integers(0, 256, (48, 48), dtype=np.uint8))
+  rows = {}
+  for kernels in ("xla", "auto"):
+    out = tmp_path / f"{kernels}.csv"
+    assert predict.main(["--no-detect", str(crops), "--kernels", kernels, "-o", str(out)]) == 0
+    rows[kernels] = list(csv.DictReader(open(out, newline="")))
+  assert [r["label"] for r in rows["auto"]] == [r["label"] for r in rows["xla"]] and len(rows["xla"]) == 3
+  for a, x in zip(rows["auto"], rows["xla"]):
+    np.testing.assert_allclose([float(a[c]) for c in CLASSES], [float(x[c]) for c in CLASSES],
+                               atol=2e-6)  # 6 decimals in the CSV, 1e-7 apart before rounding
+
+
+def test_exported_artifacts_refuse_the_kernels_option(tmp_path, capsys):
+  from fer_jax.serving import predict
+  assert predict.main(["--exported", str(tmp_path / "m.onnx"), "--kernels", "xla", str(tmp_path)]) == 2
+  assert "--kernels do not apply to --exported artifacts" in capsys.readouterr().err

@@ -33,7 +33,7 @@ class Face:
 
 
 def _as_bgr(image: str | os.PathLike | np.ndarray, rgb: bool) -> np.ndarray:
-  """A BGR or grey uint8 image from a file path or an array; ValueError / FileNotFoundError saying what is wrong."""
+  """A BGR uint8 image from a file path or an array; ValueError / FileNotFoundError saying what is wrong."""
   if isinstance(image, (str, os.PathLike)):
     from fer_jax.serving.predict_inputs import read_image  # pylint: disable=g-import-not-at-top
 
@@ -51,9 +51,9 @@ def _as_bgr(image: str | os.PathLike | np.ndarray, rgb: bool) -> np.ndarray:
     pixels = pixels[..., 0]
   if not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] in (3, 4))) or min(pixels.shape[:2]) < 1:
     raise ValueError(f"image has shape {list(pixels.shape)}: pass [H, W] grey or [H, W, 3] colour pixels.")
-  if pixels.ndim == 3:
-    pixels = pixels[..., :3][..., ::-1] if rgb else pixels[..., :3]  # OpenCV's order is BGR; alpha is dropped
-  return np.ascontiguousarray(pixels)
+  if pixels.ndim == 2:  # as predict reads a grey file: three equal channels, which map back to the same grey
+    return np.repeat(pixels[..., None], 3, axis=2)
+  return np.ascontiguousarray(pixels[..., :3][..., ::-1] if rgb else pixels[..., :3])  # BGR, alpha dropped
 
 
 class ExpressionDetector:
