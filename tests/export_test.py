@@ -97,3 +97,28 @@ def test_preprocessing_travels_with_the_artifact(loaded, artifact):
   assert prep == loaded.prep and prep.normalization == "standardize"
   face = synthetic_face()
   assert np.array_equal(prep.face_pixels(face), loaded.prep.face_pixels(face))
+
+
+def test_the_bundled_model_exports_by_name_or_by_its_folder(tmp_path, capsys):
+  from fer_jax.serving import pretrained
+  faces_in = faces(6, seed=2)
+  want = pretrained.load().classifier(kernels="xla")(faces_in)
+  for args, name in ((["--pretrained"], "named.fer"), (["--workdir", pretrained.bundle_dir()], "folder.fer")):
+    path = str(tmp_path / name)
+    assert export.main([*args, "--output", path, "--platforms", "cpu"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"export: wrote {path} (") and "step 14112" in err[0]
+    model = export.load(path)
+    assert model.metadata["source"]["step"] == 14112 and model.class_names[3] == "happy"
+    np.testing.assert_allclose(model(faces_in), want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give one of --pretrained [NAME] (the bundled model), --workdir or --checkpoint."),
+    (["--pretrained", "--step", "3"], "--step and --model_card apply to --workdir and --checkpoint only."),
+    (["--pretrained", "nope"], "no bundled model 'nope'"),
+])
+def test_export_model_options_are_one_error_line(args, message, tmp_path, capsys):
+  assert export.main([*args, "--output", str(tmp_path / "x.fer")]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("export: error: ") and message in err[0]

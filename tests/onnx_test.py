@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from fer_jax.serving import onnx_model, predict
+from fer_jax.serving import export, onnx_model, predict
 
 pytest.importorskip("jax2onnx", reason="ONNX export needs the 'onnx' extra (pip install 'fer_jax[onnx]')")
 pytest.importorskip("onnxruntime", reason="ONNX prediction needs onnxruntime")
@@ -20,7 +21,6 @@ from predict_test import folder, loaded, synthetic_face, workdir  # noqa: E402,F
 
 @pytest.fixture(scope="module")
 def onnx_file(workdir, tmp_path_factory) -> str:
-  from fer_jax.serving import export
   path = str(tmp_path_factory.mktemp("onnx") / "model.onnx")
   assert export.main(["--workdir", workdir, "--format", "onnx", "--output", path]) == 0
   return path
@@ -68,3 +68,48 @@ def test_predict_from_onnx_needs_no_jax(onnx_file, workdir, folder, tmp_path):
   for g, w in zip(got, want):
     if not w["error"]:
       np.testing.assert_allclose([float(g[k]) for k in names], [float(w[k]) for k in names], atol=2e-6)
+
+
+def export_cli(*args: str) -> subprocess.CompletedProcess:
+  """`python -m fer_jax.export ARGS` in a fresh process: what a user sees, stdout and stderr together."""
+  return subprocess.run([sys.executable, "-m", "fer_jax.export", *args], capture_output=True, text=True,
+                        timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+@pytest.fixture(scope="module")
+def bundled_onnx(tmp_path_factory) -> tuple[str, subprocess.CompletedProcess]:
+  path = str(tmp_path_factory.mktemp("bundled") / "fer2013_cpu.onnx")
+  return path, export_cli("--pretrained", "--format", "onnx", "--output", path)
+
+
+def test_onnx_export_of_the_bundled_model_prints_one_line(bundled_onnx):
+  path, out = bundled_onnx
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = (out.stdout + out.stderr).strip().splitlines()
+  assert len(lines) == 1 and "Traceback" not in out.stderr, (out.stdout + out.stderr)[-3000:]
+  assert lines[0].startswith(f"export: wrote {path} (bundled fer2013_cpu, step ")
+
+
+def test_onnxruntime_matches_the_bundled_model(bundled_onnx):
+  from fer_jax.serving import pretrained
+  path, out = bundled_onnx
+  assert out.returncode == 0, out.stderr[-3000:]
+  faces = np.random.default_rng(3).integers(0, 256, (20, 48, 48, 1), dtype=np.uint8)
+  want = pretrained.load().classifier(kernels="xla")(faces)
+  np.testing.assert_allclose(onnx_model.load(path)(faces), want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_failing_onnx_conversion_still_shows_its_error(workdir, tmp_path, capfd, monkeypatch):
+  import jax2onnx
+
+  def broken(*args, **kwargs):
+    print("DEBUG: what jax2onnx printed before it failed")
+    raise RuntimeError("unsupported primitive: foo")
+
+  monkeypatch.setattr(jax2onnx, "to_onnx", broken)
+  output = tmp_path / "x.onnx"
+  assert export.main(["--workdir", workdir, "--format", "onnx", "--output", str(output)]) == 2
+  err = capfd.readouterr().err.strip().splitlines()
+  assert err[-1] == "export: error: jax2onnx could not convert the model: RuntimeError: unsupported primitive: foo"
+  assert "DEBUG: what jax2onnx printed before it failed" in err
+  assert not output.exists()

@@ -1,6 +1,7 @@
 """A self-contained inference artifact: serialized StableHLO (jax.export), parameters and preprocessing.
 
     python -m fer_jax.export --workdir runs/fer2013_cnn --output fer2013_cnn.fer [--step N] [--tta flip]
+    python -m fer_jax.export --pretrained --format onnx --output fer2013_cpu.onnx   # the bundled model
 
 `load(path)` needs only jax and numpy: flax and fer_jax's model code are imported only to export.
 The artifact's files, the ONNX format (onnx_model.py) and their use: docs/PREDICTION.md.
@@ -159,7 +160,9 @@ def load(path: str) -> ExportedModel:
 
 def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(prog="python -m fer_jax.export", description=__doc__.split("\n\n")[0])
-  p.add_argument("--workdir", help="training workdir (latest checkpoint, or --step)")
+  p.add_argument("--pretrained", nargs="?", const="fer2013_cpu", metavar="NAME",
+                 help="a model bundled with fer_jax (fer_jax/serving/weights/NAME; NAME defaults to fer2013_cpu)")
+  p.add_argument("--workdir", help="training workdir (latest checkpoint, or --step), or a bundled model's folder")
   p.add_argument("--checkpoint", help="one step directory, WORKDIR/checkpoints/<step>")
   p.add_argument("--step", type=int)
   p.add_argument("--model_card", help="model.json to use instead of the workdir's")
@@ -177,8 +180,16 @@ def main(argv: list[str] | None = None) -> int:
   from fer_jax.serving import inference
 
   try:
-    loaded = inference.load(args.workdir, checkpoint=args.checkpoint, step=args.step, model_card=args.model_card,
-                            margin=args.margin, dtype=args.dtype)
+    if sum(x is not None for x in (args.pretrained, args.workdir, args.checkpoint)) != 1:
+      raise ExportError("give one of --pretrained [NAME] (the bundled model), --workdir or --checkpoint.")
+    if args.pretrained is not None:
+      if args.step is not None or args.model_card:
+        raise ExportError("--step and --model_card apply to --workdir and --checkpoint only.")
+      from fer_jax.serving import pretrained  # pylint: disable=g-import-not-at-top
+      loaded = pretrained.load(args.pretrained, margin=args.margin, dtype=args.dtype)
+    else:
+      loaded = inference.load(args.workdir, checkpoint=args.checkpoint, step=args.step, model_card=args.model_card,
+                              margin=args.margin, dtype=args.dtype)
     if args.format == "onnx":
       if not args.output.endswith(".onnx"):
         raise ExportError(f"--output {args.output}: an ONNX file name ends in .onnx (predict goes by it).")
@@ -190,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
   except (inference.ModelLoadError, ExportError, ValueError) as e:
     print(f"export: error: {e}", file=sys.stderr)
     return 2
-  print(f"export: wrote {path} (step {loaded.step}, {len(loaded.prep.class_names)} classes, "
+  source = f"step {loaded.step}" if args.pretrained is None else f"bundled {args.pretrained}, step {loaded.step}"
+  print(f"export: wrote {path} ({source}, {len(loaded.prep.class_names)} classes, "
         f"faces uint8 [b, {', '.join(map(str, loaded.prep.image_shape))}])", file=sys.stderr)
   return 0
 

@@ -16,12 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from fer_jax import checkpoint_checksums, evaluation  # evaluation: TTA here is exactly what the eval job scores
+from fer_jax import kernels as model_kernels
 from fer_jax import model_card as model_card_lib
 from fer_jax.model_card import ModelLoadError
 from fer_jax.serving import classifier
 from fer_jax.serving.classifier import Preprocessing
 
 TTA_CHOICES = ("none", *evaluation.TTA_VIEWS)  # "none", then the evaluation job's views
+KERNEL_CHOICES = ("auto", "onednn", "xla")  # convolutions for prediction: see inference_kernels
 
 
 def probabilities_fn(apply_fn: Callable, prep: Preprocessing, tta: str = "none"
@@ -66,10 +68,40 @@ class LoadedModel:
   checkpoint: str  # the step directory
   step: int | None
 
-  def classifier(self, *, batch_size: int = 32, tta: str = "none") -> FaceClassifier:
-    """A FaceClassifier of this model; tta: none, flip or ten_crop (crop-trained models only)."""
-    return FaceClassifier(probabilities_fn(self.model.apply, self.prep, tta), self.variables, self.prep,
+  def classifier(self, *, batch_size: int = 32, tta: str = "none", kernels: str = "auto") -> FaceClassifier:
+    """A FaceClassifier of this model; tta: none, flip or ten_crop (crop-trained models only).
+
+    kernels (KERNEL_CHOICES): "auto" runs the convolutions on oneDNN where it loads (a float32 model on a CPU:
+    faster than XLA:CPU's, same results to float32 rounding; docs/BENCHMARKS.md, "Batch prediction"), else XLA's.
+    """
+    model = self.model
+    chosen = inference_kernels(kernels, jnp.dtype(getattr(model, "dtype", jnp.float32)).name)
+    if chosen is not model_kernels.DEFAULTS:  # the same parameters; only the convolution and pooling functions
+      fields = {f.name for f in dataclasses.fields(model)}
+      model = model.clone(**{k: v for k, v in chosen.model_kwargs().items() if k in fields})
+    return FaceClassifier(probabilities_fn(model.apply, self.prep, tta), self.variables, self.prep,
                           batch_size=batch_size, tta=tta)
+
+
+def inference_kernels(choice: str = "auto", dtype: str | None = "float32") -> model_kernels.Kernels:
+  """The convolutions a classifier runs on: oneDNN's (fer_jax.kernels, the training step's) or XLA's.
+
+  "auto": oneDNN for float32 models on a CPU backend where its library and handlers load, else XLA's (GPU, TPU,
+  bfloat16). "onednn" raises ModelLoadError when it cannot load. Exports always use XLA's (no custom calls).
+  """
+  if choice not in KERNEL_CHOICES:
+    raise ValueError(f"kernels={choice!r} is not one of {', '.join(KERNEL_CHOICES)}.")
+  if choice == "xla" or (choice == "auto" and (jax.default_backend() != "cpu" or (dtype or "float32") != "float32")):
+    return model_kernels.DEFAULTS
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from fer_jax.kernels import onednn_conv  # pylint: disable=g-import-not-at-top
+
+  try:
+    return model_kernels.select(ml_collections.ConfigDict({"conv_impl": "onednn"}), "cpu")
+  except onednn_conv.OneDnnUnavailable as e:
+    if choice == "onednn":
+      raise ModelLoadError(f"kernels='onednn': {e}") from None
+    return model_kernels.DEFAULTS
 
 
 def resolve_checkpoint(workdir: str | None = None, checkpoint: str | None = None, step: int | None = None,
@@ -106,6 +138,12 @@ def resolve_checkpoint(workdir: str | None = None, checkpoint: str | None = None
   elif step not in steps:
     raise ModelLoadError(f"step {step} is not in {root}; available steps: {', '.join(map(str, steps))}.")
   return checkpointing.step_dir(workdir, step), step, model_card or model_card_lib.path_in(workdir)
+
+
+def _is_bundle(folder: str) -> bool:
+  """A bundled model's folder (pretrained.py): model.json and params.npz, and no checkpoints of a training run."""
+  return (os.path.isfile(os.path.join(folder, "params.npz")) and os.path.isfile(model_card_lib.path_in(folder))
+          and not os.path.isdir(os.path.join(folder, "checkpoints")))
 
 
 def named_leaves(tree: Any) -> list[tuple[str, Any]]:
@@ -156,10 +194,20 @@ def load(workdir: str | None = None, *, checkpoint: str | None = None, step: int
 
   `workdir` (its latest finished step, or `step`) or `checkpoint` (WORKDIR/checkpoints/<step>; model.json is read
   from WORKDIR unless `model_card` says where). `dtype` overrides the config's compute dtype (e.g. float32 for a
-  bfloat16-trained model on a CPU). Raises ModelLoadError saying what to do when anything does not fit.
+  bfloat16-trained model on a CPU). `workdir` may also be a bundled model's folder (model.json + params.npz, as
+  fer_jax/serving/weights/NAME or `python -m fer_jax.pretrained --output DIR` write). Raises ModelLoadError saying
+  what to do when anything does not fit.
   """
   import orbax.checkpoint as ocp
 
+  if workdir is not None and checkpoint is None and _is_bundle(workdir):
+    from fer_jax.serving import pretrained  # pylint: disable=g-import-not-at-top  (it imports this module)
+
+    if step is not None or model_card is not None:
+      raise ModelLoadError(f"{workdir} is a bundled model (one set of weights): --step and --model_card do not "
+                           "apply.")
+    folder = os.path.abspath(workdir)
+    return pretrained.load(os.path.basename(folder), weights_dir=os.path.dirname(folder), margin=margin, dtype=dtype)
   step_dir, step, card_path = resolve_checkpoint(workdir, checkpoint, step, model_card)
   card = model_card_lib.read(card_path)
   model, prep, abstract = model_from_card(card, card_path, margin=margin, dtype=dtype)

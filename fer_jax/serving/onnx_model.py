@@ -6,10 +6,16 @@ needs onnxruntime, OpenCV and numpy only, so this module imports no jax until it
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
+import logging
 import os
-from typing import Any
+import sys
+import tempfile
+import warnings
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -28,21 +34,60 @@ def export(loaded: Any, output: str, *, tta: str = "none", overwrite: bool = Fal
   from fer_jax.serving import export as jax_export  # pylint: disable=g-import-not-at-top
   from fer_jax.serving import inference  # pylint: disable=g-import-not-at-top
 
-  try:
-    import onnx  # pylint: disable=g-import-not-at-top
-    from jax2onnx import to_onnx  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ModelLoadError(f"ONNX export needs jax2onnx and onnx ({e}): pip install 'fer_jax[onnx]'.") from None
   output = jax_export.check_output(output, overwrite)
   probabilities = inference.probabilities_fn(loaded.model.apply, loaded.prep, tta)
-  model = to_onnx(lambda faces: probabilities(loaded.variables, faces),
-                  [jax.ShapeDtypeStruct(("B", *loaded.prep.image_shape), jnp.uint8)])
+  with quiet_unless_failing():  # jax2onnx prints plugin tracebacks, DEBUG dumps and onnx_ir warnings on success
+    try:
+      import onnx  # pylint: disable=g-import-not-at-top
+      from jax2onnx import to_onnx  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise ModelLoadError(f"ONNX export needs jax2onnx and onnx ({e}): pip install 'fer_jax[onnx]'.") from None
+    try:
+      model = to_onnx(lambda faces: probabilities(loaded.variables, faces),
+                      [jax.ShapeDtypeStruct(("B", *loaded.prep.image_shape), jnp.uint8)])
+    except Exception as e:  # a primitive or shape jax2onnx cannot convert: its log above says more
+      raise ModelLoadError(f"jax2onnx could not convert the model: {type(e).__name__}: {e}") from e
   metadata = {"format": FORMAT, **jax_export.metadata_of(loaded, tta)}
   onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(metadata)})
   tmp = output + ".tmp"
   onnx.save_model(model, tmp)
   os.replace(tmp, output)
   return output
+
+
+@contextlib.contextmanager
+def quiet_unless_failing() -> Iterator[None]:
+  """Holds back all that is printed, logged or warned inside (Python and C, stdout and stderr) and drops it on
+  success; when the block raises, it is written to stderr first, so a real failure shows its context.
+
+  Log handlers that libraries add to the root logger inside (jax2onnx's) are removed again on the way out.
+  """
+  for stream in (sys.stdout, sys.stderr):
+    stream.flush()
+  root, before = logging.getLogger(), list(logging.getLogger().handlers)
+  with tempfile.TemporaryFile() as held, io.StringIO() as python_held:
+    saved = [os.dup(1), os.dup(2)]
+    try:
+      os.dup2(held.fileno(), 1)
+      os.dup2(held.fileno(), 2)
+      with contextlib.redirect_stdout(python_held), contextlib.redirect_stderr(python_held), \
+          warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+    except BaseException:
+      for fd, copy in zip((1, 2), saved):
+        os.dup2(copy, fd)
+      held.seek(0)
+      sys.stderr.write(held.read().decode(errors="replace") + python_held.getvalue())
+      sys.stderr.flush()
+      raise
+    finally:
+      for fd, copy in zip((1, 2), saved):
+        os.dup2(copy, fd)
+        os.close(copy)
+      for handler in root.handlers[:]:
+        if handler not in before:
+          root.removeHandler(handler)
 
 
 @dataclasses.dataclass

@@ -165,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--margin", type=float, help="fraction of the detected box added on each side "
                  "(default: what reproduces the training crops, see docs/PREDICTION.md)")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype instead of the config's")
+  p.add_argument("--kernels", choices=("auto", "onednn", "xla"), default="auto",
+                 help="convolutions: auto (oneDNN's on a CPU where they load, else XLA's), onednn or xla")
   det = p.add_argument_group("face detector")
   det.add_argument("--detector", choices=face_detection.DETECTORS, default=None,
                    help="yunet (default; falls back to haar when its package is missing) or haar (OpenCV's cascade)")
@@ -186,8 +188,8 @@ def load_classifier(args: argparse.Namespace) -> classifier_lib.BatchedClassifie
   if sum(x is not None for x in (args.pretrained, args.workdir, args.checkpoint, args.exported)) > 1:
     raise ModelLoadError("give at most one of --pretrained, --workdir, --checkpoint or --exported.")
   if args.exported is not None:
-    if args.dtype or args.step is not None or args.model_card:
-      raise ModelLoadError("--dtype, --step and --model_card do not apply to --exported artifacts.")
+    if args.dtype or args.step is not None or args.model_card or args.kernels != "auto":
+      raise ModelLoadError("--dtype, --step, --model_card and --kernels do not apply to --exported artifacts.")
     if args.exported.endswith(".onnx"):
       from fer_jax.serving import onnx_model as artifact  # pylint: disable=g-import-not-at-top
     else:
@@ -202,7 +204,7 @@ def load_classifier(args: argparse.Namespace) -> classifier_lib.BatchedClassifie
     from fer_jax.serving import inference  # pylint: disable=g-import-not-at-top
     loaded = inference.load(args.workdir, checkpoint=args.checkpoint, step=args.step, model_card=args.model_card,
                             margin=args.margin, dtype=args.dtype)
-  return loaded.classifier(batch_size=args.batch_size, tta=args.tta)
+  return loaded.classifier(batch_size=args.batch_size, tta=args.tta, kernels=args.kernels)
 
 
 def check_options(args: argparse.Namespace) -> None:

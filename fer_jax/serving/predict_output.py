@@ -113,19 +113,49 @@ def _blank(value: Any) -> Any:
   return "" if value is None else value
 
 
+def label_layout(size: tuple[int, int], box: Box, label: str, probability: float, thickness: int = 1
+                 ) -> tuple[str, float, tuple[int, int, int, int]]:
+  """(text, font scale, filled rectangle (x0, y0, x1, y1) inclusive) of a box's label, all inside a (W, H) image.
+
+  Above the box when there is room, else below it, else inside its top edge; shifted left to fit. On images
+  too narrow for it (48x48 crops) the probability is dropped and then the font shrinks until the label fits.
+  """
+  width, height = size
+  x, y, w, h = box
+  font = cv2.FONT_HERSHEY_SIMPLEX
+  text, scale = f"{label} {probability:.2f}", max(0.35, w / 250)
+  (tw, th), base = cv2.getTextSize(text, font, scale, thickness)
+  if tw + 4 > width - 1:
+    text = label
+    (tw, th), base = cv2.getTextSize(text, font, scale, thickness)
+  while tw + 4 > width - 1 and scale > 0.05:
+    scale *= 0.9
+    (tw, th), base = cv2.getTextSize(text, font, scale, thickness)
+  label_w, label_h = tw + 4, th + base + 4  # 2 pixels of background around the text: glyphs overshoot th
+  if y - label_h >= 0:
+    top = y - label_h
+  elif y + h + label_h <= height - 1:
+    top = y + h
+  else:
+    top = y
+  top = max(0, min(top, height - 1 - label_h))
+  left = max(0, min(x, width - 1 - label_w))
+  return text, scale, (left, top, left + label_w, top + label_h)
+
+
 def draw(image: np.ndarray, boxes: list[Box], probs: np.ndarray, class_names: tuple[str, ...]) -> np.ndarray:
-  """A BGR copy of `image` with each box and its label and probability drawn on it."""
+  """A BGR copy of `image` with each box and its label and probability drawn on it (inside the image)."""
   canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
   thickness = max(1, round(max(canvas.shape[:2]) / 400))
-  for (x, y, w, h), p in zip(boxes, probs):
+  for box, p in zip(boxes, probs):
+    x, y, w, h = box
     k = int(np.argmax(p))
     cv2.rectangle(canvas, (x, y), (x + w - 1, y + h - 1), (0, 255, 0), thickness)
-    text = f"{class_names[k]} {p[k]:.2f}"
-    scale = max(0.35, w / 250)
-    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-    top = y - th - base - 2 if y - th - base - 2 >= 0 else y + h
-    cv2.rectangle(canvas, (x, top), (x + tw + 2, top + th + base + 2), (0, 255, 0), -1)
-    cv2.putText(canvas, text, (x + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness,
+    text, scale, (x0, y0, x1, y1) = label_layout((canvas.shape[1], canvas.shape[0]), box, class_names[k], p[k],
+                                                 thickness)
+    (_, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    cv2.rectangle(canvas, (x0, y0), (x1, y1), (0, 255, 0), -1)
+    cv2.putText(canvas, text, (x0 + 2, y0 + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness,
                 cv2.LINE_AA)
   return canvas
 

@@ -59,7 +59,7 @@ def load(name: str = DEFAULT, *, weights_dir: str | None = None, margin: float |
   if not os.path.isfile(params_path):
     raise inference.ModelLoadError(
         f"no bundled model {name!r} ({params_path} is missing); there are: "
-        f"{', '.join(available(weights_dir)) or 'none'}. Pass --workdir, --checkpoint or --exported to use your own.")
+        f"{', '.join(available(weights_dir)) or 'none'}. Pass --workdir or --checkpoint to use your own model.")
   card_path = model_card.path_in(folder)
   card = model_card.read(card_path)
   model, prep, abstract = inference.model_from_card(card, card_path, margin=margin, dtype=dtype)
