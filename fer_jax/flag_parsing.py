@@ -39,7 +39,8 @@ def _missing_config_file(path: str | None, error: BaseException) -> str:
   if path and not os.path.exists(path):
     return (f"--config {path}: no such file (relative paths start in {os.getcwd()}); the recipes are in "
             "configs/, e.g. --config configs/default.py.")
-  reason = str(error).strip().splitlines()[-1].strip()  # ml_collections lists its attempts, the cause last.
+  error = error.__cause__ or error  # ml_collections re-raises the load's error when the config is first read.
+  reason = str(error).strip().splitlines()[-1].strip()  # It lists its attempts, the cause last.
   return f"--config {path}: the config file could not be loaded ({reason})."
 
 

@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+from fer_jax import run_summary
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from command_line_errors_test import damage  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -109,3 +111,17 @@ def test_eval_job_stops_on_a_damaged_shard_and_records_no_checkpoint_as_damaged(
                             "--overwrite")
   record = fresh / "eval" / "validation" / "evaluated.json"
   assert not record.exists() or not json.loads(record.read_text())["unreadable_steps"]
+
+
+def test_a_finished_workdir_without_recorded_metrics_says_how_to_score_it(tmp_path):
+  """Finished before final_metrics.json existed, never evaluated: no numbers to show, so say where they come from."""
+  lines = run_summary.describe_finished(str(tmp_path), 600, "validation")
+  assert lines == [f"This run is already complete: step 600 of 600 is saved in {tmp_path}/checkpoints. To train again, "
+                   "use a new --workdir.",
+                   "No final metrics were recorded; `--mode eval` scores the checkpoints into "
+                   f"{tmp_path}/eval/validation."]
+  run_summary.record_final(str(tmp_path), 599, {"val_accuracy": 0.5, "val_loss": 1.0}, "validation")
+  assert len(run_summary.describe_finished(str(tmp_path), 600, "validation")) == 2  # Another step's: not shown.
+  run_summary.record_final(str(tmp_path), 600, {"val_accuracy": 0.5, "val_loss": 1.0}, "validation")
+  assert run_summary.describe_finished(str(tmp_path), 600, "validation")[1] == (
+      f"Final validation (validation, step 600): accuracy 0.5000, loss 1.0000; in {tmp_path}/final_metrics.json")

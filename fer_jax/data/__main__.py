@@ -4,8 +4,9 @@
     python -m fer_jax.data build expw --config rgb96 --manual_dir ~/ExpW --set margin=0.3
     python -m fer_jax.data info fer2013 --data_dir /data/tfds
 
-`info` also reads every record, so a damaged file shows here (--no_verify skips that). The stock `tfds build` command imports TensorFlow; this one only needs
-tensorflow-datasets and array_record.
+`info` also reads every record back, so a damaged file shows here (--no_verify skips that); `build
+--overwrite` rebuilds a dataset already built. The stock `tfds build` command imports TensorFlow; this
+one only needs tensorflow-datasets and array_record.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def _not_built(args: argparse.Namespace, builder: tfds.core.DatasetBuilder) -> s
   return (f"{builder.info.full_name} is not built under {where} (looked for {builder.data_dir}). If you built it "
           "elsewhere, pass that folder: --data_dir DIR (or set TFDS_DATA_DIR=DIR); otherwise build it: "
           f"python -m fer_jax.data build {args.name}{config}{manual}.")
+
 
 if __name__ == "__main__":
   sys.exit(main())
