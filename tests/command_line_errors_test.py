@@ -67,7 +67,7 @@ def damaged_train_dir(tmp_path, synthetic_tiny_dir) -> tuple[pathlib.Path, pathl
                              "--config.data.name?"),
     ("--config.zzz=1", "error: --config.zzz: the config has no field 'zzz'; the fields and what each means are in "
                        "fer_jax/config_schema.py"),
-])
+], ids=["batch_szie", "data.nmae", "zzz"])
 def test_misspelt_config_field_is_one_error_line_with_the_suggestion(tmp_path, override, message):
   out = run_cli("--config", "configs/default.py", "--workdir", str(tmp_path / "run"), override)
   assert_one_error_line(out, message)
