@@ -72,6 +72,8 @@ def parse(argv: list[str]) -> list[str]:
   except OSError as e:  # The --config file is missing, and overrides tried to read it.
     _fail(_missing_config_file(_config_path(argv), e))
   except (AttributeError, KeyError, IndexError) as e:  # An override names a field the config lacks.
+    if not any(a.startswith(("--config.", "-config.")) for a in argv):
+      raise  # No override: a bug in the config file's own code, whose traceback says where.
     _fail(_unknown_field(argv, e))
   if FLAGS["config"].present:
     try:
