@@ -63,7 +63,10 @@ def _unknown_field(argv: list[str], error: BaseException) -> str:
 
 
 def parse(argv: list[str]) -> list[str]:
-  """absl's parse_flags_with_usage, but each error is one line and exit status 1, never a traceback."""
+  """absl's parse_flags_with_usage, but each mistake is one line and exit status 1, with no traceback.
+
+  A bug in a config file's own code (a config that fails to build) keeps its traceback: it says where.
+  """
   try:
     remaining = FLAGS(argv)
   except flags.Error as e:
