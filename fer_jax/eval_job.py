@@ -98,6 +98,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, idle_timeout_s: floa
   evaluated: list[int] = []
   last_progress = time.monotonic()
   manager = None
+  announced = False
   while True:
     if manager is None and distributed.from_process_0(os.path.isdir(checkpointing.checkpoint_dir(workdir))):
       manager = checkpointing.create_manager(workdir, read_only=True)
@@ -110,6 +111,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, idle_timeout_s: floa
       try:
         checkpointing.verify(workdir, step)
         report, images = evaluator.evaluate(manager, step)
+      except builders.DatasetDamagedError:
+        raise  # The data, not the checkpoint: recording the step as unreadable would hide it.
       except Exception as e:  # pylint: disable=broad-except  (orbax raises many types for a damaged step)
         if not os.path.isdir(checkpointing.step_dir(workdir, step)):  # Deleted by the trainer's retention policy.
           logging.warning("Skipping checkpoint %d: it was deleted before it could be read.", step)
@@ -141,6 +144,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, idle_timeout_s: floa
     if distributed.from_process_0(time.monotonic() - last_progress > idle_timeout_s):
       logging.info("No new checkpoint in %.0f s; the evaluation job stops.", idle_timeout_s)
       break
+    if not announced:
+      logging.info("Waiting for new checkpoints in %s; the job stops once step %d is evaluated, or after %.0f s "
+                   "without a new one (eval.idle_timeout_s).", checkpointing.checkpoint_dir(workdir),
+                   evaluator.total_steps, idle_timeout_s)
+      announced = True
     time.sleep(config.eval.poll_every_s)
   writer.close()
   return evaluated

@@ -8,10 +8,11 @@
 import os
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fer_jax import checkpointing, config_schema, distributed, eval_job, train
+from fer_jax import checkpointing, config_schema, distributed, eval_job, flag_parsing, quiet_logs, run_summary, train
 from fer_jax.kernels import host_allocator
 from fer_jax.data import builders
 
@@ -34,8 +35,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   try:
     run(argv)
-  except (config_schema.ConfigError, builders.DatasetNotBuiltError, checkpointing.WorkdirError,
-          checkpointing.DamagedCheckpointError, train.NonFiniteError) as e:
+  except (config_schema.ConfigError, builders.DatasetNotBuiltError, builders.DatasetDamagedError,
+          checkpointing.WorkdirError, checkpointing.DamagedCheckpointError, train.NonFiniteError) as e:
     # What the user fixes (command line, config, data, disk): the message, not a traceback.
     raise SystemExit(f"error: {e}") from None
 
@@ -69,6 +70,7 @@ def run(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
+  quiet_logs.install()  # Before JAX looks for devices (its "no TPU" line).
   host_allocator.keep_freed_memory()  # Before JAX starts its threads (see host_allocator.py).
   # Before anything touches a device; only here, never at import: grain workers import this module.
   distributed.initialize(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
@@ -76,22 +78,29 @@ def run(argv):
   logging.get_absl_handler().addFilter(_orbax_log_filter)
   sys.unraisablehook = _late_tensorstore_callback_hook
   workdir = os.path.abspath(FLAGS.workdir)
+  config = FLAGS.config
   if FLAGS.mode in ("train", "train_and_eval"):
-    trainer = train.Trainer(FLAGS.config, workdir)
-    trainer.train()
-    print(f"TensorBoard logs: tensorboard --logdir {workdir}")
+    trainer = train.Trainer(config, workdir)
+    metrics = trainer.train()
     if trainer.preempted_at_step is not None:  # SIGTERM: checkpoint saved; exit 0, the rerun resumes.
       print(f"Preempted: saved a checkpoint at step {trainer.preempted_at_step}; run the same command to resume.")
       return
+    if trainer.restored_step == trainer.total_steps:  # Nothing left to train: say so, with its results.
+      for line in run_summary.describe_finished(workdir, trainer.total_steps, config.eval.split):
+        print(line)
+    elif jax.process_index() == 0:
+      run_summary.record_final(workdir, trainer.total_steps, metrics, config.data.eval_split)
   if FLAGS.mode in ("eval", "train_and_eval"):
     timeout = 0.0 if FLAGS.mode == "train_and_eval" else None
-    steps = eval_job.run(FLAGS.config, workdir, idle_timeout_s=timeout)
-    out = eval_job.eval_dir(workdir, FLAGS.config.eval.split)
+    steps = eval_job.run(config, workdir, idle_timeout_s=timeout)
+    out = eval_job.eval_dir(workdir, config.eval.split)
     if steps:
       print(f"Evaluated checkpoint steps {steps}; latest report: {out}/step_{steps[-1]}/metrics.json")
       print(f"Confusion matrix: {out}/step_{steps[-1]}/confusion_matrix.png")
-    print(f"TensorBoard logs: tensorboard --logdir {workdir}")
+    elif FLAGS.mode == "eval":
+      print(f"No new checkpoint to evaluate in {checkpointing.checkpoint_dir(workdir)}; reports are in {out}.")
+  print(run_summary.tensorboard_line(workdir))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=flag_parsing.parse)

@@ -1,8 +1,10 @@
-"""Metric writer: console log lines plus TensorBoard event files, without TensorFlow.
+"""Metric writer: TensorBoard event files, without TensorFlow.
 
 clu's `metric_writers` imports TensorFlow (clu 0.0.12), not a dependency of fer_jax. This writer keeps clu's
 MetricWriter method names and writes events with tensorboardX's event-file writer, in the calling thread:
 SummaryWriter's background thread dies on a full disk with a traceback, and its queue then blocks the caller.
+The console lines are the callers' (progress_window, the validation and evaluation lines): logging the same
+scalars here too printed each of them twice; `--verbosity=1` shows them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from tensorboardX.proto import event_pb2
 
 
 class MetricWriter:
-  """Logs scalars on every process; unless `just_logging` (processes other than 0), writes events in `logdir`."""
+  """Writes events in `logdir` unless `just_logging` (processes other than 0); scalars go to the debug log."""
 
   def __init__(self, logdir: str | None, *, just_logging: bool = False, flush_secs: float = 10.0):
     self._events = None
@@ -35,7 +37,7 @@ class MetricWriter:
       self.flush()
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    logging.info("[%d] %s", step, ", ".join(f"{k}={float(v):.6g}" for k, v in scalars.items()))
+    logging.debug("[%d] %s", step, ", ".join(f"{k}={float(v):.6g}" for k, v in scalars.items()))
     if self._events is not None:
       self._write(step, [summary.scalar(key, float(value)) for key, value in scalars.items()])
 

@@ -10,10 +10,13 @@ import dataclasses
 import importlib
 import inspect
 import os
+import sys
 import textwrap
+import time
 from typing import Any, Mapping, NamedTuple
 
 import tensorflow_datasets as tfds
+from absl import logging
 
 from fer_jax.data import augment
 
@@ -72,12 +75,40 @@ def make_builder(name: str, *, config: str | None = None, data_dir: str | None =
 
 
 def build(name: str, *, manual_dir: str | None = None, config: str | None = None, data_dir: str | None = None,
-          overrides: dict[str, Any] | None = None, num_workers: int | None = None) -> tfds.core.DatasetBuilder:
-  """Builds (or reuses) dataset `name` and returns its builder."""
+          overrides: dict[str, Any] | None = None, num_workers: int | None = None,
+          overwrite: bool = False) -> tfds.core.DatasetBuilder:
+  """Builds (or reuses) dataset `name` and returns its builder; `overwrite` rebuilds one already built."""
   builder = make_builder(name, config=config, data_dir=data_dir, overrides=overrides, num_workers=num_workers)
-  download_config = tfds.download.DownloadConfig(manual_dir=os.path.expanduser(manual_dir) if manual_dir else None)
-  builder.download_and_prepare(download_config=download_config)
+  if builder.is_prepared() and not overwrite:
+    return builder
+  source = os.path.expanduser(manual_dir) if manual_dir else None
+  # tfds prints "Downloading and preparing dataset Unknown size ..." and "... downloaded and prepared": nothing
+  # is downloaded here, so say what happens instead.
+  builder._log_download_bytes = lambda: None  # pylint: disable=protected-access
+  builder._log_download_done = lambda: None  # pylint: disable=protected-access
+  origin = source or ("images it draws itself" if name in AUTO_BUILD else "its manual_dir")
+  logging.info("Building dataset %s in %s from %s.", builder.info.full_name, builder.data_dir, origin)
+  start = time.perf_counter()
+  modes = tfds.download.GenerateMode
+  mode = modes.REUSE_CACHE_IF_EXISTS if overwrite else modes.REUSE_DATASET_IF_EXISTS  # The former rebuilds.
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=source, download_mode=mode))
+  counts = ", ".join(f"{split} {info.num_examples}" for split, info in sorted(builder.info.splits.items()))
+  logging.info("Built %s in %.0f s: %s examples.", builder.info.full_name, time.perf_counter() - start, counts)
   return builder
+
+
+def rebuild_command(builder: tfds.core.DatasetBuilder) -> str:
+  """The command line that rebuilds `builder`'s dataset in place (for a damaged or outdated copy)."""
+  words = ["python -m fer_jax.data build", builder.name]
+  if builder.builder_config is not None:
+    config, *overrides = builder.builder_config.name.split(".", 1)  # make_builder names overrides "config.k=v,..".
+    words.append(f"--config {config}")
+    words += [f"--set {item}" for item in ",".join(overrides).split(",") if item]
+  words.append(f"--data_dir {builder.data_dir_root}")
+  if builder.name not in AUTO_BUILD:
+    words.append("--manual_dir <folder with the downloaded files>")
+  words.append("--overwrite")
+  return " ".join(words)
 
 
 AUTO_BUILD = ("synthetic_faces",)
@@ -85,6 +116,10 @@ AUTO_BUILD = ("synthetic_faces",)
 
 class DatasetNotBuiltError(FileNotFoundError):
   """The dataset has not been prepared under the configured data_dir."""
+
+
+class DatasetDamagedError(RuntimeError):
+  """A file of a built dataset fails riegeli's checksums, or cannot be read: rebuilding it is the fix."""
 
 
 class DatasetInfo(NamedTuple):
@@ -144,6 +179,8 @@ def ensure_built(config: Any) -> DatasetInfo:
   With several hosts sharing one disk, call it on process 0 and wait for it before the others read.
   """
   if config.data.name in AUTO_BUILD and not _builder(config).is_prepared():
+    if not sys.stderr.isatty():
+      tfds.disable_progress_bar()  # In a log file its redraws are lines of noise; build() logs start and end.
     build(config.data.name, config=config.data.config or None, data_dir=config.data.data_dir or None)
   return dataset_info(config)  # Raises DatasetNotBuiltError, saying how to build it, if still missing.
 

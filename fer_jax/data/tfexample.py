@@ -15,6 +15,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.proto import tf_example_pb2
 
+from fer_jax.data import shards
+
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
   byte = buf[pos]
@@ -237,20 +239,22 @@ class ExampleDecoder:
 
 
 class ExampleSource:
-  """grain RandomAccessDataSource: decoded examples of one split, read straight from ArrayRecord."""
+  """grain RandomAccessDataSource: decoded examples of one split, read straight from ArrayRecord.
+
+  A damaged file raises builders.DatasetDamagedError, naming the file and the command that rebuilds it.
+  """
 
   def __init__(self, builder: tfds.core.DatasetBuilder, split: str):
     if split not in builder.info.splits and "[" not in split:
       raise ValueError(f"{builder.name} has no split {split!r}; it has {sorted(builder.info.splits)}.")
-    # tfds resolves the split (slices such as 'train[:10%]' too); its raw reader pickles without open files.
-    self._records = builder.as_data_source(split=split).data_source
+    self._records = shards.ShardReader(builder, split)
     self._decode = ExampleDecoder(builder.info.features)
 
   def __len__(self) -> int:
     return len(self._records)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    return self._decode(self._records[index])
+    return self._decode(self._records.__getitems__([index])[0])
 
   def read_batch(self, keys: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Stacked uint8 images and int32 labels of `keys`, with one batched ArrayRecord read."""
