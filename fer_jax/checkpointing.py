@@ -61,7 +61,10 @@ def create_manager(workdir: str, config: ml_collections.ConfigDict | None = None
     ])
     # cleanup_tmp_directories: a save cut short by a kill leaves <step>.orbax-checkpoint-tmp-*, removed here.
     seal = (lambda: checkpoint_checksums.seal_finalized(checkpoint_dir(workdir))) if jax.process_index() == 0 else None
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=True,
+    # best_fn only makes orbax write each step's metrics to disk (the policy above decides what is kept): without
+    # it a restarted run had no metrics for earlier steps, and BestN deleted the best one.
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=lambda m: m[VAL_ACCURACY],
+                                           enable_async_checkpointing=True,
                                            cleanup_tmp_directories=True,
                                            async_options=ocp.AsyncOptions(post_finalization_callback=seal))
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)

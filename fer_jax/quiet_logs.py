@@ -20,6 +20,8 @@ NOISE: tuple[tuple[str, str, str], ...] = (
     # The evaluation job opens the checkpoints read-only on purpose.
     ("absl", "/orbax/", "Given directory is read only"),
     ("absl", "/orbax/", "CheckpointManagerOptions.read_only=True"),
+    # A preemption save carries no validation metrics on purpose (kept as the latest, not ranked among the best).
+    ("absl", "/orbax/", "Requested `tracked_metric`; did not provide metrics."),
     # JAX tries a TPU first on every machine; on one without a TPU that is expected.
     ("jax._src.xla_bridge", "/jax/", "Unable to initialize backend 'tpu'"),
     # matplotlib's first run in a fresh HOME.
