@@ -10,7 +10,6 @@ import logging
 import os
 import pathlib
 import re
-import signal
 import sys
 import time
 
@@ -19,7 +18,7 @@ import jax
 from fer_jax import startup_timer, train
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from preemption_test import finalized_steps, start, write_config  # pylint: disable=g-import-not-at-top
+from preemption_test import finalized_steps, sigterm_once_logged, start, write_config  # pylint: disable=g-import-not-at-top
 from train_test import tiny_config  # pylint: disable=g-import-not-at-top
 
 PHASES = {"before the trainer", "backend init", "dataset open", "model setup", "workdir checks",
@@ -121,18 +120,10 @@ def test_sigterm_with_a_slow_step_and_rare_logs_exits_within_5_s(tmp_path, synth
   config_file, _ = write_config(tmp_path, synthetic_tiny_dir, **overrides)
   workdir, log = str(tmp_path / "slow"), tmp_path / "slow.log"
   proc = start(config_file, workdir, log)
-  deadline = time.monotonic() + 180
-  while startup_timer.STARTUP_PREFIX not in log.read_text() and time.monotonic() < deadline:
-    assert proc.poll() is None, log.read_text()[-3000:]
-    time.sleep(0.05)
-  step_s = startup_line(log.read_text())[1]["first step"]
-  time.sleep(4)  # Unbounded, the loop would now be many steps ahead of the CPU.
-  sent = time.monotonic()
-  proc.send_signal(signal.SIGTERM)
-  rc = proc.wait(timeout=60)
-  took = time.monotonic() - sent
-  out = log.read_text()
+  # 4 s after the first step: unbounded, the loop would by then be many steps ahead of the CPU.
+  rc, took, out = sigterm_once_logged(proc, log, startup_timer.STARTUP_PREFIX, wait_after=4.0)
   assert rc == 0, out[-3000:]
+  step_s = startup_line(out)[1]["first step"]
   saved = finalized_steps(workdir)
   assert len(saved) == 1 and 1 <= saved[0] < 1000, (saved, out[-2000:])
   assert f"Preempted: saved a checkpoint at step {saved[0]}" in out
