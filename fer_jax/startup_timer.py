@@ -49,6 +49,8 @@ class StartupTimer:
     self._t0 = time.perf_counter()
     self.phases: dict[str, float] = {}
     self._cache_events = xla_cache.CacheEvents()
+    self.cache_dir: str | None = None  # The persistent compilation cache the trainer uses, and for what.
+    self.cache_scope = ""
     self.logged = False
 
   @contextlib.contextmanager
@@ -69,7 +71,7 @@ class StartupTimer:
     phases["other"] = max(0.0, total - sum(phases.values()))
     parts = ", ".join(f"{name} {seconds:.2f}" for name, seconds in phases.items())
     return (f"{STARTUP_PREFIX}{total:.2f} s: {parts} (launch = {self.launch}; "
-            f"{self._cache_events.summary()})")
+            f"{self._cache_events.summary(self.cache_dir, self.cache_scope)})")
 
   def log(self) -> None:
     if not self.logged:

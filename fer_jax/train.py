@@ -133,18 +133,25 @@ class Trainer:
   def _set_up_model(self, config: ml_collections.ConfigDict) -> None:
     model_kernels = kernels.select(config)
     logging.info("Training kernels: %s", model_kernels.reason)
-    if bakes_addresses(model_kernels) and xla_cache.resolve(config.compilation_cache_dir):
-      logging.info("XLA compilation cache off: the oneDNN kernels put this process's memory addresses into the "
-                   "compiled step, so no later run could reuse it (config.conv_impl=im2col or xla can be cached).")
-      xla_cache.enable("")
-    else:
-      xla_cache.enable(config.compilation_cache_dir)  # Before anything compiles.
+    xla_cache.enable(config.compilation_cache_dir)  # Before anything compiles.
     setup = model_factory.training_setup(config, self.info, model_kernels)
+    # The state is built with flax's kernels (the same parameters): oneDNN's would put this process's addresses
+    # into the init program, which no later run could then load from the persistent cache.
+    plain = model_factory.training_setup(config, self.info) if bakes_addresses(model_kernels) else setup
+    self._cache_after_init = config.compilation_cache_dir if plain is setup else ""
+    self.startup.cache_dir = xla_cache.current_dir()
+    if plain is not setup and self.startup.cache_dir:
+      self.startup.cache_scope = "state init only"
+      logging.info("XLA compilation cache: state init only. The oneDNN kernels put this process's memory addresses "
+                   "into the train and eval steps, so no later run could load them (conv_impl=im2col or xla could).")
     self.model, self.schedule = setup.model, setup.schedule
     self.steps_per_epoch, self.total_steps = setup.steps_per_epoch, setup.total_steps
     self.replicated = parallel.replicated(self.mesh)
     self.abstract_state = setup.abstract_state(self.replicated)
-    self._init_state = jax.jit(setup.init, out_shardings=self.replicated)
+    def init_state() -> TrainState:
+      return plain.init().replace(apply_fn=setup.model.apply, tx=setup.tx)
+
+    self._init_state = jax.jit(init_state, out_shardings=self.replicated)
     balanced = config.class_weights == "balanced"
     class_weights = jnp.asarray(balanced_class_weights(stats.label_counts(config))) if balanced else None
     # (state, metrics, finite): the loop reads `finite` for the NaN policy; train_step() drops it.
@@ -212,11 +219,13 @@ class Trainer:
     restored = checkpointing.restore_newest_intact(manager, self.workdir, self.abstract_state, train_iter)
     self.startup.add("checkpoint restore" if restored is not None else "checkpoint search", time.perf_counter() - start)
     if restored is not None:
+      xla_cache.enable(self._cache_after_init)
       state, self.restored_step = restored
       logging.info("Resumed from %s at step %d.", checkpointing.checkpoint_dir(self.workdir), self.restored_step)
       return state
     with self.startup.phase("state init"):
       state = jax.block_until_ready(self._init_state())
+    xla_cache.enable(self._cache_after_init)
     writer.write_hparams(config.to_dict())
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("Model %s: %s parameters; %d steps (%d per epoch) at global batch %d on %d device(s).",

@@ -101,11 +101,12 @@ class CacheEvents:
     elif event == "/jax/compilation_cache/cache_misses":  # jax records this as it writes an entry.
       self.writes += 1
 
-  def summary(self) -> str:
-    path = current_dir()
+  def summary(self, path: str | None, scope: str = "") -> str:
+    """`XLA compilation cache PATH (SCOPE): N hit(s), M written`, or that it is off (path None)."""
     if path is None:
       return "XLA compilation cache off"
-    return f"XLA compilation cache {path}: {self.hits} hit(s), {self.writes} written"
+    scope = f" ({scope})" if scope else ""
+    return f"XLA compilation cache {path}{scope}: {self.hits} hit(s), {self.writes} written"
 
   def close(self) -> None:
     if self._listening:
