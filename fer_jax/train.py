@@ -243,7 +243,8 @@ class Trainer:
     with self.startup.phase("workdir checks"):
       setup = workdir_guard.setup_of(config, image_shape=self.info.image_shape, process_count=jax.process_count())
       workdir_guard.check_setup(workdir, setup)
-      size, keep = checkpointing.state_bytes(self.abstract_state), config.keep_checkpoints + config.keep_best_checkpoints
+      size = checkpointing.state_bytes(self.abstract_state)
+      keep = config.keep_checkpoints + config.keep_best_checkpoints
       checkpointing.check_workdir(workdir, size, keep)
     with workdir_guard.TrainerLock(workdir, enabled=jax.process_index() == 0):
       if jax.process_index() == 0:
