@@ -4,7 +4,7 @@ import collections
 import functools
 import itertools
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import flax
 import jax
@@ -135,23 +135,11 @@ class Trainer:
     logging.info("Training kernels: %s", model_kernels.reason)
     xla_cache.enable(config.compilation_cache_dir)  # Before anything compiles.
     setup = model_factory.training_setup(config, self.info, model_kernels)
-    # The state is built with flax's kernels (the same parameters): oneDNN's would put this process's addresses
-    # into the init program, which no later run could then load from the persistent cache.
-    plain = model_factory.training_setup(config, self.info) if bakes_addresses(model_kernels) else setup
-    self._cache_after_init = config.compilation_cache_dir if plain is setup else ""
-    self.startup.cache_dir = xla_cache.current_dir()
-    if plain is not setup and self.startup.cache_dir:
-      self.startup.cache_scope = "state init only"
-      logging.info("XLA compilation cache: state init only. The oneDNN kernels put this process's memory addresses "
-                   "into the train and eval steps, so no later run could load them (conv_impl=im2col or xla could).")
     self.model, self.schedule = setup.model, setup.schedule
     self.steps_per_epoch, self.total_steps = setup.steps_per_epoch, setup.total_steps
     self.replicated = parallel.replicated(self.mesh)
     self.abstract_state = setup.abstract_state(self.replicated)
-    def init_state() -> TrainState:
-      return plain.init().replace(apply_fn=setup.model.apply, tx=setup.tx)
-
-    self._init_state = jax.jit(init_state, out_shardings=self.replicated)
+    self._init_state, self._cache_after_init = self._state_initializer(setup, bakes_addresses(model_kernels))
     balanced = config.class_weights == "balanced"
     class_weights = jnp.asarray(balanced_class_weights(stats.label_counts(config))) if balanced else None
     # (state, metrics, finite): the loop reads `finite` for the NaN policy; train_step() drops it.
@@ -166,12 +154,34 @@ class Trainer:
                                           crop_size=config.data.augment.crop_size)
     self.validator = validation.Validator(config, self.evaluator, self.info.eval_image_shape)
 
+  def _state_initializer(self, setup: model_factory.TrainingSetup,
+                         onednn: bool) -> tuple[Callable[[], TrainState], str]:
+    """The jitted state init, and the compilation cache setting for what compiles after it.
+
+    On oneDNN's kernels the state is built with flax's (the same parameters, bitwise): oneDNN's put this
+    process's addresses into a program, so no later run could load it from the persistent cache. For the same
+    reason such runs turn the cache off once the state is built.
+    """
+    plain, cache_after = setup, self.config.compilation_cache_dir
+    self.startup.cache_dir = xla_cache.current_dir()
+    if onednn:
+      plain, cache_after = model_factory.training_setup(self.config, self.info), ""
+      if self.startup.cache_dir:
+        self.startup.cache_scope = "state init only"
+        logging.info("XLA compilation cache: state init only. The oneDNN kernels put this process's addresses into "
+                     "the train and eval steps, so no later run could load them (conv_impl=im2col or xla could).")
+
+    def init_state() -> TrainState:
+      return plain.init().replace(apply_fn=setup.model.apply, tx=setup.tx)
+
+    return jax.jit(init_state, out_shardings=self.replicated), cache_after
+
   def train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, TrainMetrics]:
     """One jitted step (state donated), for callers that drive their own loop."""
     new_state, metrics, _ = self.checked_train_step(state, batch)
     return new_state, metrics
 
-  def validate(self, state: TrainState, stop: Any = None) -> dict[str, float] | None:
+  def validate(self, state: TrainState, stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
     """Validation loss and accuracy; None when `stop()` became true (single-process runs only) midway."""
     return self.validator.run(model_factory.model_variables(state),
                               stop=stop if jax.process_count() == 1 else None)
