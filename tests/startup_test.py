@@ -7,7 +7,6 @@ Subprocess runs are `python -m fer_jax.main`, as a user starts them.
 from __future__ import annotations
 
 import logging
-import os
 import pathlib
 import re
 import sys
