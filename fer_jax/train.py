@@ -164,12 +164,9 @@ class Trainer:
     """
     plain, cache_after = setup, self.config.compilation_cache_dir
     self.startup.cache_dir = xla_cache.current_dir()
-    if onednn:
+    if onednn:  # The startup line says "(state init only)"; docs/GUARANTEES.md says why.
       plain, cache_after = model_factory.training_setup(self.config, self.info), ""
-      if self.startup.cache_dir:
-        self.startup.cache_scope = "state init only"
-        logging.info("XLA compilation cache: state init only. The oneDNN kernels put this process's addresses into "
-                     "the train and eval steps, so no later run could load them (conv_impl=im2col or xla could).")
+      self.startup.cache_scope = "state init only"
 
     def init_state() -> TrainState:
       return plain.init().replace(apply_fn=setup.model.apply, tx=setup.tx)

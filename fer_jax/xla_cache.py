@@ -18,6 +18,7 @@ On a GPU, jax also keeps XLA's per-fusion autotuning results in the same folder
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 from typing import Any
 
@@ -67,7 +68,7 @@ def enable(setting: str) -> str | None:
                       "writable folder, or to '' to silence this.", path, e)
       path = None
   if current_dir() is not None:
-    compilation_cache.reset_cache()  # jax reads the folder once per process: forget the old one.
+    _forget_cache()
   jax.config.update("jax_compilation_cache_dir", path)
   if path is None:
     return None
@@ -76,6 +77,17 @@ def enable(setting: str) -> str | None:
   if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ and _has_filelock():
     jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
   return path
+
+
+def _forget_cache() -> None:
+  """jax reads the folder once per process: makes it forget the old one, without its INFO line about that."""
+  logger = std_logging.getLogger("jax._src.compilation_cache")
+  level = logger.level
+  logger.setLevel(std_logging.WARNING)
+  try:
+    compilation_cache.reset_cache()
+  finally:
+    logger.setLevel(level)
 
 
 def _has_filelock() -> bool:
