@@ -87,6 +87,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2                 # Latest N kept ...
   c.keep_best_checkpoints = 1            # ... plus the best N by validation accuracy.
   c.smoke_test = False                   # Shrinks the run to a few steps to check the plumbing.
+  c.compilation_cache_dir = "auto"       # jax's persistent XLA compilation cache, so reruns skip compiling: auto =
+                                         # $XDG_CACHE_HOME/fer_jax/xla or ~/.cache/fer_jax/xla; "" = off. Entries
+                                         # are keyed by jaxlib version, backend and devices, and read and written
+                                         # under a file lock: safe across jax versions and concurrent runs
+                                         # (fer_jax/xla_cache.py says what jax guarantees).
 
   # The separate evaluation job (--mode=eval).
   c.eval = ml_collections.ConfigDict()

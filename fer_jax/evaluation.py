@@ -20,6 +20,10 @@ from fer_jax import parallel
 View = Callable[[jnp.ndarray, int], list[jnp.ndarray]]
 
 
+class Interrupted(Exception):
+  """Evaluator.confusion stopped early because its `stop` callable said so (a preemption notice)."""
+
+
 def _center_crop(images: jnp.ndarray, size: int) -> jnp.ndarray:
   if not size:
     return images
@@ -90,12 +94,25 @@ class Evaluator:
         break
     return np.concatenate(images)[:limit], np.concatenate(labels)[:limit], np.concatenate(predictions)[:limit]
 
-  def confusion(self, variables: Any, batches: Iterable[dict[str, np.ndarray]], view: str = "plain"
-                ) -> tuple[np.ndarray, float]:
-    """Confusion matrix and mean loss over every (unmasked) example of `batches`."""
+  def compile_ahead(self, variables: Any, batch: dict[str, jax.ShapeDtypeStruct], view: str = "plain") -> None:
+    """Compiles `view`'s step for these shapes and shardings now; later calls with them reuse it (jit's cache).
+
+    `variables` and `batch` may be arrays or jax.ShapeDtypeStructs carrying the shardings the calls will have.
+    """
+    self._steps[view].lower(variables, batch).compile()
+
+  def confusion(self, variables: Any, batches: Iterable[dict[str, np.ndarray]], view: str = "plain",
+                stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, float]:
+    """Confusion matrix and mean loss over every (unmasked) example of `batches`.
+
+    `stop`, asked before each batch, raises Interrupted when true: only for single-process runs, where no
+    other process waits in the step's collectives.
+    """
     step = self._steps[view]
     totals = None
     for batch in batches:
+      if stop is not None and stop():
+        raise Interrupted()
       out = step(variables, parallel.global_batch(batch, self.mesh))
       totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
     totals = parallel.to_host(totals)

@@ -1,7 +1,10 @@
 """Training: a jit-compiled, data-parallel step, and the loop that steps, logs, validates and saves checkpoints."""
 
+import collections
 import functools
-from typing import Any
+import itertools
+import time
+from typing import Any, Callable, Iterator
 
 import flax
 import jax
@@ -13,8 +16,8 @@ from absl import logging
 from clu import metrics as clu_metrics
 
 from fer_jax import checkpoint_checksums, checkpointing, config_schema, distributed, evaluation, kernels
-from fer_jax import model_card, model_factory, optimizers, parallel, preemption, progress_window
-from fer_jax import tensorboard_writer, workdir_guard
+from fer_jax import model_card, model_factory, optimizers, parallel, preemption, progress_window, startup_timer
+from fer_jax import tensorboard_writer, validation, workdir_guard, xla_cache
 from fer_jax.data import builders, pipeline, stats
 from fer_jax.model_factory import TrainState
 
@@ -93,30 +96,50 @@ def check_splits(config: ml_collections.ConfigDict, info: Any) -> None:
           f"{have}. Set --config.data.{field} to one of them, or rebuild the dataset with that split.")
 
 
+# After dispatching step k the loop waits for step k - MAX_STEPS_IN_FLIGHT: the device always has work queued,
+# yet a SIGTERM meets at most this many unfinished steps (instead of all the loop raced ahead to).
+MAX_STEPS_IN_FLIGHT = 2
+
+
 def itstime(step: int, every_steps: int, total_steps: int) -> bool:
   """Whether a periodic action (log, validate, save) is due: every `every_steps` steps and at the last step."""
   return step % every_steps == 0 or step == total_steps
+
+
+def bakes_addresses(model_kernels: kernels.Kernels) -> bool:
+  """Whether the step calls oneDNN's FFI kernels, whose attributes hold pointers valid in this process only."""
+  conv = getattr(model_kernels.conv, "keywords", {}).get("conv_general_dilated")
+  return conv is kernels.onednn_conv.conv_general_dilated
 
 
 class Trainer:
   """Everything a run needs, built once from the config; `train()` runs the loop."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.startup = startup_timer.StartupTimer()  # Its line is logged at the first step.
+    with self.startup.phase("backend init"):
+      jax.devices()
     config_schema.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
     self.config = config
     self.workdir = workdir
     self.mesh = parallel.create_mesh()
-    builders.ensure_built_once(config)  # process 0 builds, the others wait
-    self.info = builders.dataset_info(config)
-    check_splits(config, self.info)
+    with self.startup.phase("dataset open"):
+      builders.ensure_built_once(config)  # process 0 builds, the others wait
+      self.info = builders.dataset_info(config)
+      check_splits(config, self.info)
+    with self.startup.phase("model setup"):
+      self._set_up_model(config)
+
+  def _set_up_model(self, config: ml_collections.ConfigDict) -> None:
     model_kernels = kernels.select(config)
     logging.info("Training kernels: %s", model_kernels.reason)
+    xla_cache.enable(config.compilation_cache_dir)  # Before anything compiles.
     setup = model_factory.training_setup(config, self.info, model_kernels)
     self.model, self.schedule = setup.model, setup.schedule
     self.steps_per_epoch, self.total_steps = setup.steps_per_epoch, setup.total_steps
     self.replicated = parallel.replicated(self.mesh)
     self.abstract_state = setup.abstract_state(self.replicated)
-    self._init_state = jax.jit(setup.init, out_shardings=self.replicated)
+    self._init_state, self._cache_after_init = self._state_initializer(setup, bakes_addresses(model_kernels))
     balanced = config.class_weights == "balanced"
     class_weights = jnp.asarray(balanced_class_weights(stats.label_counts(config))) if balanced else None
     # (state, metrics, finite): the loop reads `finite` for the NaN policy; train_step() drops it.
@@ -129,18 +152,36 @@ class Trainer:
     self.restored_step: int | None = None  # The checkpoint step train() resumed from.
     self.evaluator = evaluation.Evaluator(self.model.apply, self.mesh, num_classes=self.info.num_classes,
                                           crop_size=config.data.augment.crop_size)
+    self.validator = validation.Validator(config, self.evaluator, self.info.eval_image_shape)
+
+  def _state_initializer(self, setup: model_factory.TrainingSetup,
+                         onednn: bool) -> tuple[Callable[[], TrainState], str]:
+    """The jitted state init, and the compilation cache setting for what compiles after it.
+
+    On oneDNN's kernels the state is built with flax's (the same parameters, bitwise): oneDNN's put this
+    process's addresses into a program, so no later run could load it from the persistent cache. For the same
+    reason such runs turn the cache off once the state is built.
+    """
+    plain, cache_after = setup, self.config.compilation_cache_dir
+    self.startup.cache_dir = xla_cache.current_dir()
+    if onednn:  # The startup line says "(state init only)"; docs/GUARANTEES.md says why.
+      plain, cache_after = model_factory.training_setup(self.config, self.info), ""
+      self.startup.cache_scope = "state init only"
+
+    def init_state() -> TrainState:
+      return plain.init().replace(apply_fn=setup.model.apply, tx=setup.tx)
+
+    return jax.jit(init_state, out_shardings=self.replicated), cache_after
 
   def train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, TrainMetrics]:
     """One jitted step (state donated), for callers that drive their own loop."""
     new_state, metrics, _ = self.checked_train_step(state, batch)
     return new_state, metrics
 
-  def validate(self, state: TrainState) -> dict[str, float]:
-    eval_ds = pipeline.create_eval_dataset(self.config, self.config.data.eval_split,
-                                           process_index=jax.process_index(), process_count=jax.process_count())
-    confusion, loss = self.evaluator.confusion(model_factory.model_variables(state), eval_ds)
-    accuracy = float(np.trace(confusion) / max(confusion.sum(), 1))
-    return {"val_loss": loss, checkpointing.VAL_ACCURACY: accuracy}
+  def validate(self, state: TrainState, stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
+    """Validation loss and accuracy; None when `stop()` became true (single-process runs only) midway."""
+    return self.validator.run(model_factory.model_variables(state),
+                              stop=stop if jax.process_count() == 1 else None)
 
   def _check_finite(self, pending: list[tuple[int, jax.Array]], manager: Any) -> int:
     """How many of the `pending` (step, finite) flags were non-finite; with nonfinite='stop' raises instead.
@@ -181,12 +222,17 @@ class Trainer:
   def _restore_or_init(self, manager: Any, train_iter: Any, writer: Any) -> TrainState:
     """The latest checkpoint's state (the iterator moved to its position), or a fresh one."""
     config = self.config
+    start = time.perf_counter()
     restored = checkpointing.restore_newest_intact(manager, self.workdir, self.abstract_state, train_iter)
+    self.startup.add("checkpoint restore" if restored is not None else "checkpoint search", time.perf_counter() - start)
     if restored is not None:
+      xla_cache.enable(self._cache_after_init)
       state, self.restored_step = restored
       logging.info("Resumed from %s at step %d.", checkpointing.checkpoint_dir(self.workdir), self.restored_step)
       return state
-    state = self._init_state()
+    with self.startup.phase("state init"):
+      state = jax.block_until_ready(self._init_state())
+    xla_cache.enable(self._cache_after_init)
     writer.write_hparams(config.to_dict())
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("Model %s: %s parameters; %d steps (%d per epoch) at global batch %d on %d device(s).",
@@ -201,10 +247,12 @@ class Trainer:
     current step and returns early with `self.preempted_at_step` set.
     """
     config, workdir = self.config, self.workdir
-    setup = workdir_guard.setup_of(config, image_shape=self.info.image_shape, process_count=jax.process_count())
-    workdir_guard.check_setup(workdir, setup)
-    size, keep = checkpointing.state_bytes(self.abstract_state), config.keep_checkpoints + config.keep_best_checkpoints
-    checkpointing.check_workdir(workdir, size, keep)
+    with self.startup.phase("workdir checks"):
+      setup = workdir_guard.setup_of(config, image_shape=self.info.image_shape, process_count=jax.process_count())
+      workdir_guard.check_setup(workdir, setup)
+      size = checkpointing.state_bytes(self.abstract_state)
+      keep = config.keep_checkpoints + config.keep_best_checkpoints
+      checkpointing.check_workdir(workdir, size, keep)
     with workdir_guard.TrainerLock(workdir, enabled=jax.process_index() == 0):
       if jax.process_index() == 0:
         workdir_guard.record_setup(workdir, setup)
@@ -215,33 +263,58 @@ class Trainer:
           raise checkpointing.disk_full_error(workdir, size, keep) from None
         raise
 
+  def _compile_for_first_batch(self, state: TrainState, train_iter: Any) -> Iterator[dict[str, jax.Array]]:
+    """Every global batch, the first one fetched now and the train step compiled for it (each phase timed)."""
+    with self.startup.phase("input pipeline first batch"):
+      first = parallel.global_batch(next(train_iter), self.mesh)
+    with self.startup.phase("train-step compile"):  # The call below then finds it in jit's cache.
+      self.checked_train_step.lower(state, first).compile()
+    return itertools.chain([first], (parallel.global_batch(b, self.mesh) for b in train_iter))
+
+  def _first_step_done(self, finite: jax.Array, dispatched: float) -> None:
+    """Logs the startup line once the first step's result is ready; starts compiling the eval step meanwhile."""
+    finite.block_until_ready()
+    self.startup.add("first step", time.perf_counter() - dispatched)
+    self.startup.log()
+    self.validator.compile_in_background(model_factory.model_variables(self.abstract_state))
+
   def _train_locked(self) -> dict[str, float]:
     config, workdir = self.config, self.workdir
-    writer = tensorboard_writer.MetricWriter(workdir, just_logging=jax.process_index() > 0)
-    manager = checkpointing.create_manager(workdir, config)
-    train_iter = iter(pipeline.create_train_dataset(
-        config, process_index=jax.process_index(), process_count=jax.process_count()))
+    with self.startup.phase("workdir checks"):
+      writer = tensorboard_writer.MetricWriter(workdir, just_logging=jax.process_index() > 0)
+      manager = checkpointing.create_manager(workdir, config)
+    with self.startup.phase("dataset open"):
+      train_iter = iter(pipeline.create_train_dataset(
+          config, process_index=jax.process_index(), process_count=jax.process_count()))
     state = self._restore_or_init(manager, train_iter, writer)
     if jax.process_index() == 0:
       model_card.write(config, workdir, self.info)  # Only once the state was built or restored.
     step = int(jax.device_get(state.step))
+    batches = self._compile_for_first_batch(state, train_iter) if step < self.total_steps else iter(())
 
     last: dict[str, float] = {}
     progress = progress_window.ProgressWindow(self.total_steps, self.steps_per_epoch, config.batch_size)
     pending_finite: list[tuple[int, jax.Array]] = []
+    in_flight: collections.deque[jax.Array] = collections.deque()
     skipped = 0
     unsealed: int | None = None  # The last step saved, until it is sealed.
     self.preempted_at_step = None
     try:
       with preemption.preemption_notice() as notice:
+        signalled = lambda: notice["signal"] is not None
         while step < self.total_steps:
-          batch = parallel.global_batch(next(train_iter), self.mesh)
-          state, step_metrics, finite = self.checked_train_step(state, batch)
+          dispatched = time.perf_counter()
+          state, step_metrics, finite = self.checked_train_step(state, next(batches))
           step += 1
           if unsealed is not None and jax.process_index() == 0:
             unsealed = checkpointing.seal_if_finalized(workdir, unsealed)
           progress.add(step_metrics)
           pending_finite.append((step, finite))
+          in_flight.append(finite)
+          if not self.startup.logged:
+            self._first_step_done(finite, dispatched)
+          while len(in_flight) > MAX_STEPS_IN_FLIGHT:
+            in_flight.popleft().block_until_ready()
           if itstime(step, config.log_every_steps, self.total_steps):
             skipped += self._check_finite(pending_finite, manager)
             last = progress.report(step, float(self.schedule(step)) * float(jax.device_get(
@@ -255,15 +328,16 @@ class Trainer:
           validate = save or itstime(step, config.eval_every_steps, self.total_steps)
           if validate or preempt:
             skipped += self._check_finite(pending_finite, manager)  # Never validate or save a NaN state.
-          if validate:
-            val = self.validate(state)
+          val = self.validate(state, stop=signalled) if validate and not preempt else None
+          if val is not None:
             writer.write_scalars(step, val)
             last.update(val)
             logging.info("step %d validation (%s): loss %.4f accuracy %.4f", step, config.data.eval_split,
                          val["val_loss"], val[checkpointing.VAL_ACCURACY])
             progress.restart_clock()  # Validation time is not training throughput.
+          preempt = preempt or (validate and val is None)  # A SIGTERM cut the validation short.
           if save or preempt:  # A preemption save is not validated: kept by latest-N, not ranked among the best.
-            checkpointing.save(manager, step, state, train_iter, metrics=val if save else None)
+            checkpointing.save(manager, step, state, train_iter, metrics=val if save and not preempt else None)
             unsealed = step
           if preempt:
             manager.wait_until_finished()
@@ -275,10 +349,19 @@ class Trainer:
       manager.wait_until_finished()  # A save already started (of a checked, finite state) completes.
       if jax.process_index() == 0:  # Normally done right after each save finalizes; this catches the last.
         checkpoint_checksums.seal_finalized(checkpointing.checkpoint_dir(workdir))
-      manager.close()
-      writer.flush()
-      writer.close()
+      self._close(train_iter, manager, writer)
+    if step == self.total_steps and self.preempted_at_step is None:
+      logging.info("Training done: step %d saved in %s.", step, checkpointing.checkpoint_dir(workdir))
     return last
+
+  def _close(self, train_iter: Any, manager: Any, writer: Any) -> None:
+    """Stops what could keep the process alive after training: the eval compile, grain's workers, orbax."""
+    self.validator.close()
+    if hasattr(train_iter, "close"):
+      train_iter.close()  # Its workers and prefetch threads now, not at garbage collection.
+    manager.close()
+    writer.flush()
+    writer.close()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:

@@ -70,6 +70,20 @@ def assert_same_params(reference: str, other: str, config) -> None:
     np.testing.assert_array_equal(a, b)
 
 
+def sigterm_once_logged(proc: subprocess.Popen, log: pathlib.Path, marker: str, wait_after: float = 0.0,
+                        timeout: float = 180) -> tuple[int, float, str]:
+  """Sends SIGTERM `wait_after` s after `marker` shows in the log; (exit code, seconds from SIGTERM to exit, log)."""
+  deadline = time.monotonic() + timeout
+  while marker not in log.read_text() and time.monotonic() < deadline:
+    assert proc.poll() is None, log.read_text()[-3000:]
+    time.sleep(0.05)
+  time.sleep(wait_after)
+  sent = time.monotonic()
+  proc.send_signal(signal.SIGTERM)
+  rc = proc.wait(timeout=60)
+  return rc, time.monotonic() - sent, log.read_text()
+
+
 def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(tmp_path, synthetic_tiny_dir):
   overrides = dict(num_train_steps=24, checkpoint_every_steps=1, eval_every_steps=1, log_every_steps=1,
                    keep_checkpoints=2)
@@ -132,15 +146,7 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path, synthetic_ti
   config_file, config = write_config(tmp_path, synthetic_tiny_dir, **overrides)
   workdir, log = str(tmp_path / "preempted"), tmp_path / "preempted.log"
   proc = start(config_file, workdir, log)
-  deadline = time.monotonic() + 120
-  while "step 4/400" not in log.read_text() and time.monotonic() < deadline:
-    assert proc.poll() is None, log.read_text()[-3000:]
-    time.sleep(0.05)
-  sent = time.monotonic()
-  proc.send_signal(signal.SIGTERM)
-  rc = proc.wait(timeout=60)
-  took = time.monotonic() - sent
-  out = log.read_text()
+  rc, took, out = sigterm_once_logged(proc, log, "step 4/400")
   assert rc == 0, out[-3000:]
   assert took < 30, f"took {took:.1f} s to save and exit after SIGTERM"
   saved = finalized_steps(workdir)

@@ -1,0 +1,49 @@
+"""A SIGTERM during validation stops it between two batches; the trainer then saves that step and returns."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+
+from fer_jax import checkpointing, train
+from train_test import tiny_config
+
+
+def test_stop_cuts_a_validation_short_between_batches(tmp_path, synthetic_tiny_dir):
+  config = tiny_config(synthetic_tiny_dir)
+  config.eval_batch_size = 16  # 70 validation faces: 5 batches.
+  config.compilation_cache_dir = ""
+  trainer = train.Trainer(config, str(tmp_path / "run"))
+  state = trainer._init_state()  # pylint: disable=protected-access
+  asked = []
+
+  def stop() -> bool:
+    asked.append(True)
+    return len(asked) == 3
+
+  assert trainer.validate(state, stop=stop) is None
+  assert len(asked) == 3  # Asked before each batch; the third answer stopped it.
+  full = trainer.validate(state, stop=lambda: False)
+  assert 0.0 <= full[checkpointing.VAL_ACCURACY] <= 1.0 and np.isfinite(full["val_loss"])
+
+
+def test_sigterm_during_validation_saves_that_step_unvalidated_and_returns(tmp_path, synthetic_tiny_dir):
+  config = tiny_config(synthetic_tiny_dir)
+  config.eval_batch_size = 16
+  config.compilation_cache_dir = ""
+  config.num_train_steps, config.eval_every_steps, config.checkpoint_every_steps = 8, 4, 1000
+  workdir = str(tmp_path / "run")
+  trainer = train.Trainer(config, workdir)
+  confusion = trainer.evaluator.confusion
+
+  def preempted_confusion(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)  # Arrives as the validation at step 4 starts.
+    return confusion(*args, **kwargs)
+
+  trainer.evaluator.confusion = preempted_confusion
+  last = trainer.train()
+  assert trainer.preempted_at_step == 4
+  assert "val_accuracy" not in last
+  assert checkpointing.finalized_steps(checkpointing.checkpoint_dir(workdir)) == [4]

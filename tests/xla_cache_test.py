@@ -1,0 +1,61 @@
+"""config.compilation_cache_dir: where it points jax's persistent cache, its lock, and the oneDNN runs' init."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from fer_jax import kernels, model_factory, train, xla_cache
+from fer_jax.kernels import onednn_conv
+from train_test import tiny_config
+
+
+@pytest.fixture
+def restore_jax_cache():
+  before = xla_cache.current_dir()
+  yield
+  xla_cache.enable(before or "")
+
+
+def test_auto_is_a_per_user_folder_and_empty_is_off(monkeypatch, tmp_path):
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  assert xla_cache.resolve("auto") == str(tmp_path / "xdg" / "fer_jax" / "xla")
+  monkeypatch.delenv("XDG_CACHE_HOME")
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  assert xla_cache.resolve("auto") == str(tmp_path / "home" / ".cache" / "fer_jax" / "xla")
+  assert xla_cache.resolve("") is None
+
+
+def test_enable_points_jax_there_with_a_size_limit_and_off_forgets_it(tmp_path, restore_jax_cache):
+  pytest.importorskip("filelock")
+  path = xla_cache.enable(str(tmp_path / "cache"))
+  assert path == str(tmp_path / "cache") and (tmp_path / "cache").is_dir()
+  assert jax.config.jax_compilation_cache_dir == path
+  # A size limit is what makes jax take its file lock around every read and write (concurrent runs).
+  assert jax.config.jax_compilation_cache_max_size == xla_cache.MAX_BYTES
+  assert xla_cache.enable("") is None and xla_cache.current_dir() is None
+
+
+def test_an_unwritable_folder_turns_the_cache_off_instead_of_failing(tmp_path, restore_jax_cache):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  assert xla_cache.enable(str(blocker / "cache")) is None
+  assert xla_cache.current_dir() is None
+
+
+def test_onednn_runs_build_the_state_with_flax_kernels_bitwise_equal(tmp_path, synthetic_tiny_dir):
+  """The cacheable init (flax's kernels) gives the parameters oneDNN's init gives, with the training apply_fn."""
+  if not onednn_conv.available():
+    pytest.skip("oneDNN's kernels do not load here")
+  config = tiny_config(synthetic_tiny_dir)
+  config.conv_impl = "onednn"
+  config.compilation_cache_dir = ""
+  trainer = train.Trainer(config, str(tmp_path / "run"))
+  state = trainer._init_state()  # pylint: disable=protected-access
+  onednn_setup = model_factory.training_setup(config, trainer.info, kernels.select(config))
+  reference = jax.jit(onednn_setup.init)()
+  assert state.apply_fn == trainer.model.apply
+  assert jax.tree.structure(state) == jax.tree.structure(trainer.abstract_state)
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(reference), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
