@@ -12,7 +12,8 @@ one core) and each test waits for its own and checks what it printed. Covered:
   present: build_expw.py, face_detection.py, face_alignment.py on five ExpW photos.
 
 Left out: the PyTorch and Keras peers (bench/peers/*_worker.py) unless FER_JAX_PEER_PYTHON imports torch
-(tests/peers_test.py checks them apart); worker_protocol.py is the harness the others run on.
+(tests/peers_test.py checks them apart); worker_protocol.py is the harness the others run on; mutation_check.py runs the test suite itself many
+times over (minutes), so tests/mutation_check_test.py checks its list and its stale-snippet report instead.
 """
 
 from __future__ import annotations
