@@ -88,12 +88,16 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--jit_compile", action="store_true", help="compile train/predict functions with XLA")
   parser.add_argument("--threads", type=int, default=None, help="TensorFlow intra-op threads")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="bfloat16: Keras's mixed_bfloat16 policy (bfloat16 compute, float32 variables)")
   parser.add_argument("--describe", action="store_true", help="print parameter count and output shape, exit")
   args = parser.parse_args(argv)
 
   if args.threads:
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)  # before TF's first op
   keras.utils.set_random_seed(0)
+  if args.dtype == "bfloat16":
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")  # before the layers are built
   model = MODELS[args.model]()
   rng = np.random.default_rng(0)
   images = rng.uniform(size=(args.batch, *IMAGE_SHAPE)).astype(np.float32)
