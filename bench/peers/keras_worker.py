@@ -57,14 +57,18 @@ def cnn() -> keras.Model:
 
 
 def vgg(stages: tuple[int, ...] = (64, 128, 256, 512), dense: tuple[int, ...] = (1024, 1024),
-        name: str = "vgg") -> keras.Model:
-  """fer_jax.models.VGG: 4 stages of 2 x (conv 3x3 no bias + BN + ReLU) + 2x2 max-pool, dense 1024/1024."""
+        name: str = "vgg", batch_norm: bool = True) -> keras.Model:
+  """fer_jax.models.VGG: 4 stages of 2 x (conv 3x3 no bias + BN + ReLU) + 2x2 max-pool, dense 1024/1024.
+
+  Without batch_norm each conv takes a bias instead (as fer_jax.models.VGG(batch_norm=False)).
+  """
   layers = [keras.Input(IMAGE_SHAPE)]
   for features in stages:
     for _ in range(2):
       # Keras's momentum is flax's (weight of the old average); epsilon set to flax's 1e-5 (Keras: 1e-3).
-      layers += [keras.layers.Conv2D(features, 3, padding="same", use_bias=False),
-                 keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5), keras.layers.ReLU()]
+      layers += [keras.layers.Conv2D(features, 3, padding="same", use_bias=not batch_norm)]
+      layers += [keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)] if batch_norm else []
+      layers += [keras.layers.ReLU()]
     layers.append(keras.layers.MaxPooling2D(2))
   layers.append(keras.layers.Flatten())
   for features in dense:
@@ -74,8 +78,8 @@ def vgg(stages: tuple[int, ...] = (64, 128, 256, 512), dense: tuple[int, ...] = 
 
 
 def vgg_cpu() -> keras.Model:
-  """configs/fer2013_cpu.py's model: the VGG at half width (32-256) with one 256-unit dense layer."""
-  return vgg((32, 64, 128, 256), (256,), name="vgg_cpu")
+  """configs/fer2013_cpu.py's model: the VGG at half width (32-256), no batch norm, one 256-unit dense layer."""
+  return vgg((32, 64, 128, 256), (256,), name="vgg_cpu", batch_norm=False)
 
 
 MODELS = {"cnn": cnn, "vgg": vgg, "vgg_cpu": vgg_cpu}
