@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from fer_jax import config_schema, kernels, model_factory, train
@@ -84,17 +85,12 @@ def _vgg_cpu_config(dtype):
 
 def _one_step(config, model_kernels, params, batch):
   model = model_factory.create_model(config, 7, model_kernels)
-  state = model_factory.create_train_state(model, optax_sgd(), (48, 48, 1), seed=0).replace(params=params)
+  state = model_factory.create_train_state(model, optax.sgd(1.0), (48, 48, 1), seed=0).replace(params=params)
   step = jax.jit(functools.partial(train.train_step, base_key=jax.random.key(0), label_smoothing=0.1,
                                    class_weights=None))
   new_state, metrics, finite = step(state, batch)
   grads_as_update = jax.tree.map(lambda new, old: old - new, new_state.params, params)  # SGD lr 1: the gradient
   return float(metrics.compute()["loss"]), grads_as_update, bool(finite)
-
-
-def optax_sgd():
-  import optax  # pylint: disable=g-import-not-at-top
-  return optax.sgd(1.0)
 
 
 @needs_bf16

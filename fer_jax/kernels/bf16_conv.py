@@ -7,13 +7,12 @@ evaluation's nn.Conv agree) with activations in bfloat16 and the bias fused into
   - the kernel and bias gradients come back in float32 (oneDNN sums them in float32), as the float32 master
     weights want them. Flax's own bfloat16 route sums the bias gradient in bfloat16 through XLA, which loses
     it: over 128x48x48 pixels the sum stalls once it outgrows bfloat16's 8 mantissa bits (tests/bf16_conv_test.py).
-Other convolutions (strides, padding wider than the kernel) go to onednn_conv.conv_general_dilated.
+Other convolutions (strides, padding as wide as the kernel) go to onednn_conv.conv_general_dilated.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import flax.linen as nn
 import jax

@@ -2,8 +2,9 @@
 
 Python builds oneDNN's primitives once per shape through its C API (ctypes); XLA runs them inside a
 `custom_vjp` as FFI custom calls (onednn_ffi.c, compiled on first use) on its own NHWC buffers. Results agree
-with lax to float32 rounding (tests/onednn_conv_test.py). Covered: 2-D NHWC/HWIO float32, stride 1, no
-dilation or groups; the rest goes to im2col_conv. Without the library or a C compiler `available()` is False.
+with lax to float32 rounding (tests/onednn_conv_test.py). Covered: 2-D NHWC/HWIO, stride 1, no dilation or
+groups, padding narrower than the kernel; the rest goes to im2col_conv. `_conv` also takes bfloat16 activations
+with a fused float32 bias (bf16_conv.py's route). Without the library or a C compiler `available()` is False.
 Calls are serialised and GOMP_SPINCOUNT lowered so libgomp's threads leave XLA's the cores: docs/BENCHMARKS.md
 ("What each step gained", 5) has the why and the measurements.
 """
