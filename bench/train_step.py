@@ -40,9 +40,11 @@ import worker_protocol  # noqa: E402
 def contenders(args: argparse.Namespace, task: str) -> list[tuple[str, list[str]]]:
   """(name, command) per worker; fer_jax variants first, then the peers."""
   dtype, device = getattr(args, "dtype", "float32"), getattr(args, "device", "cpu")  # bench/inference.py: defaults
-  common = ["--model", args.model, "--task", task, "--batch", str(args.batch)]  # Keras: float32 on the CPU only
+  common = ["--model", args.model, "--task", task, "--batch", str(args.batch)]
   fer = [sys.executable, os.path.join(BENCH_DIR, "fer_jax_worker.py"), *common, "--dtype", dtype]
   out = [(f"fer_jax {v}" if v != "fer_jax" else "fer_jax", fer + ["--variant", v]) for v in args.variants.split(",")]
+  if getattr(args, "also_float32", False) and dtype != "float32":  # The same step in float32, same run.
+    out.append(("fer_jax float32", fer[:-1] + ["float32", "--variant", "fer_jax"]))
   for tree in filter(None, getattr(args, "baseline", "").split(",")):  # Another checkout's fer_jax, same model.
     tree = os.path.abspath(tree)
     out.append((f"fer_jax @{os.path.basename(tree)}", ["env", f"PYTHONPATH={tree}", sys.executable,
@@ -55,15 +57,16 @@ def contenders(args: argparse.Namespace, task: str) -> list[tuple[str, list[str]
   peer = [args.peer_python]
   torch_worker = os.path.join(BENCH_DIR, "peers", "torch_worker.py")
   keras_worker = os.path.join(BENCH_DIR, "peers", "keras_worker.py")
+  keras_common = [*common] + (["--dtype", dtype] if task == "train" else [])  # mixed_bfloat16 policy
   torch_common = [*common, "--dtype", dtype, "--device", device]
   if "torch" in args.peers.split(","):
     out.append(("pytorch eager", peer + [torch_worker, *torch_common]))
   if "torch_compile" in args.peers.split(","):
     out.append(("pytorch compile", peer + [torch_worker, *torch_common, "--compile"]))
   if "keras" in args.peers.split(","):
-    out.append(("keras/tf", peer + [keras_worker, *common]))
+    out.append(("keras/tf", peer + [keras_worker, *keras_common]))
   if "keras_xla" in args.peers.split(","):
-    out.append(("keras/tf xla", peer + [keras_worker, *common, "--jit_compile"]))
+    out.append(("keras/tf xla", peer + [keras_worker, *keras_common, "--jit_compile"]))
   return out
 
 
@@ -106,7 +109,9 @@ def main() -> None:
                       help="vgg_cpu: configs/fer2013_cpu.py's network (train it at --batch 128)")
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                      help="compute dtype of fer_jax and PyTorch (autocast); Keras stays float32")
+                      help="compute dtype of fer_jax, PyTorch (autocast) and Keras (mixed_bfloat16)")
+  parser.add_argument("--also_float32", action="store_true",
+                      help="with --dtype bfloat16: also time fer_jax's float32 step in the same run")
   parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                       help="PyTorch's device; fer_jax uses JAX's default backend (a GPU where there is one)")
   parser.add_argument("--steps", type=int, default=20, help="timed steps per turn")
@@ -137,7 +142,7 @@ def main() -> None:
       w.close()
   extra = {}
   for ours in ("fer_jax", "fer_jax end to end"):
-    for peer in ("pytorch eager", "keras/tf"):
+    for peer in ("pytorch eager", "keras/tf", "fer_jax float32"):
       if ours in results and peer in results:
         extra[f"{ours} {peer}"] = (f"{ours} / {peer}: "
                                    f"{results[ours]['items_per_s'] / results[peer]['items_per_s']:.2f}x")

@@ -32,9 +32,26 @@ def test_uncovered_cases_go_to_im2col_or_lax():
   jaxpr = lambda f: str(jax.make_jaxpr(f)(x, w))
   strided = jaxpr(lambda x, w: onednn_conv.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=NHWC))
   assert "pure_callback" not in strided and "conv_general_dilated" in strided
-  half = jaxpr(lambda x, w: onednn_conv.conv_general_dilated(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), (1, 1),
-                                                             "SAME", dimension_numbers=NHWC))
-  assert "pure_callback" not in half and "custom_vjp_call" in half  # im2col's
+  wide = jaxpr(lambda x, w: onednn_conv.conv_general_dilated(x, w, (1, 1), ((1, 3), (1, 1)), dimension_numbers=NHWC))
+  assert "fer_onednn" not in wide and "custom_vjp_call" in wide  # im2col's: oneDNN corrupts memory on such pads
+  assert "fer_onednn_conv_forward" in jaxpr(_onednn_same)
+
+
+def _onednn_same(x, w):
+  return onednn_conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
+
+
+@needs_onednn
+def test_bfloat16_operands_run_onednn_in_float32():
+  """Where bf16_conv's bfloat16 kernels are not chosen, bfloat16 convolutions run oneDNN's float32 ones."""
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 4))
+  w = jax.random.normal(jax.random.key(2), (3, 3, 4, 4))
+  half = lambda x, w: _onednn_same(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+  assert "fer_onednn_conv_forward" in str(jax.make_jaxpr(half)(x, w))
+  y = jax.jit(half)(x, w)
+  assert y.dtype == jnp.bfloat16
+  y_ref = _onednn_same(x.astype(jnp.bfloat16).astype(jnp.float32), w.astype(jnp.bfloat16).astype(jnp.float32))
+  np.testing.assert_array_equal(y, y_ref.astype(jnp.bfloat16))
 
 
 @needs_onednn

@@ -57,14 +57,18 @@ def cnn() -> keras.Model:
 
 
 def vgg(stages: tuple[int, ...] = (64, 128, 256, 512), dense: tuple[int, ...] = (1024, 1024),
-        name: str = "vgg") -> keras.Model:
-  """fer_jax.models.VGG: 4 stages of 2 x (conv 3x3 no bias + BN + ReLU) + 2x2 max-pool, dense 1024/1024."""
+        name: str = "vgg", batch_norm: bool = True) -> keras.Model:
+  """fer_jax.models.VGG: 4 stages of 2 x (conv 3x3 no bias + BN + ReLU) + 2x2 max-pool, dense 1024/1024.
+
+  Without batch_norm each conv takes a bias instead (as fer_jax.models.VGG(batch_norm=False)).
+  """
   layers = [keras.Input(IMAGE_SHAPE)]
   for features in stages:
     for _ in range(2):
       # Keras's momentum is flax's (weight of the old average); epsilon set to flax's 1e-5 (Keras: 1e-3).
-      layers += [keras.layers.Conv2D(features, 3, padding="same", use_bias=False),
-                 keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5), keras.layers.ReLU()]
+      layers += [keras.layers.Conv2D(features, 3, padding="same", use_bias=not batch_norm)]
+      layers += [keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)] if batch_norm else []
+      layers += [keras.layers.ReLU()]
     layers.append(keras.layers.MaxPooling2D(2))
   layers.append(keras.layers.Flatten())
   for features in dense:
@@ -74,8 +78,8 @@ def vgg(stages: tuple[int, ...] = (64, 128, 256, 512), dense: tuple[int, ...] = 
 
 
 def vgg_cpu() -> keras.Model:
-  """configs/fer2013_cpu.py's model: the VGG at half width (32-256) with one 256-unit dense layer."""
-  return vgg((32, 64, 128, 256), (256,), name="vgg_cpu")
+  """configs/fer2013_cpu.py's model: the VGG at half width (32-256), no batch norm, one 256-unit dense layer."""
+  return vgg((32, 64, 128, 256), (256,), name="vgg_cpu", batch_norm=False)
 
 
 MODELS = {"cnn": cnn, "vgg": vgg, "vgg_cpu": vgg_cpu}
@@ -88,12 +92,16 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--jit_compile", action="store_true", help="compile train/predict functions with XLA")
   parser.add_argument("--threads", type=int, default=None, help="TensorFlow intra-op threads")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="bfloat16: Keras's mixed_bfloat16 policy (bfloat16 compute, float32 variables)")
   parser.add_argument("--describe", action="store_true", help="print parameter count and output shape, exit")
   args = parser.parse_args(argv)
 
   if args.threads:
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)  # before TF's first op
   keras.utils.set_random_seed(0)
+  if args.dtype == "bfloat16":
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")  # before the layers are built
   model = MODELS[args.model]()
   rng = np.random.default_rng(0)
   images = rng.uniform(size=(args.batch, *IMAGE_SHAPE)).astype(np.float32)

@@ -52,14 +52,19 @@ def cnn() -> nn.Module:
   return nn.Sequential(*layers)
 
 
-def vgg(stages: tuple[int, ...] = (64, 128, 256, 512), dense: tuple[int, ...] = (1024, 1024)) -> nn.Module:
-  """fer_jax.models.VGG: 4 stages of 2 x (conv 3x3 no bias + BN + ReLU) + 2x2 max-pool, dense 1024/1024."""
+def vgg(stages: tuple[int, ...] = (64, 128, 256, 512), dense: tuple[int, ...] = (1024, 1024),
+        batch_norm: bool = True) -> nn.Module:
+  """fer_jax.models.VGG: 4 stages of 2 x (conv 3x3 no bias + BN + ReLU) + 2x2 max-pool, dense 1024/1024.
+
+  Without batch_norm each conv takes a bias instead (as fer_jax.models.VGG(batch_norm=False)).
+  """
   layers, channels = [], IMAGE_SHAPE[0]
   for features in stages:
     for _ in range(2):
       # flax BatchNorm(momentum=0.9) keeps 0.9 of the old average: torch's momentum=0.1; both eps 1e-5.
-      layers += [nn.Conv2d(channels, features, 3, padding=1, bias=False),
-                 nn.BatchNorm2d(features, eps=1e-5, momentum=0.1), nn.ReLU()]
+      layers += [nn.Conv2d(channels, features, 3, padding=1, bias=not batch_norm)]
+      layers += [nn.BatchNorm2d(features, eps=1e-5, momentum=0.1)] if batch_norm else []
+      layers += [nn.ReLU()]
       channels = features
     layers.append(nn.MaxPool2d(2))
   layers.append(nn.Flatten())
@@ -72,8 +77,8 @@ def vgg(stages: tuple[int, ...] = (64, 128, 256, 512), dense: tuple[int, ...] = 
 
 
 def vgg_cpu() -> nn.Module:
-  """configs/fer2013_cpu.py's model: the VGG at half width (32-256) with one 256-unit dense layer."""
-  return vgg((32, 64, 128, 256), (256,))
+  """configs/fer2013_cpu.py's model: the VGG at half width (32-256), no batch norm, one 256-unit dense layer."""
+  return vgg((32, 64, 128, 256), (256,), batch_norm=False)
 
 
 MODELS = {"cnn": cnn, "vgg": vgg, "vgg_cpu": vgg_cpu}

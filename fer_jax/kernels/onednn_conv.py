@@ -2,8 +2,9 @@
 
 Python builds oneDNN's primitives once per shape through its C API (ctypes); XLA runs them inside a
 `custom_vjp` as FFI custom calls (onednn_ffi.c, compiled on first use) on its own NHWC buffers. Results agree
-with lax to float32 rounding (tests/onednn_conv_test.py). Covered: 2-D NHWC/HWIO float32, stride 1, no
-dilation or groups; the rest goes to im2col_conv. Without the library or a C compiler `available()` is False.
+with lax to float32 rounding (tests/onednn_conv_test.py). Covered: 2-D NHWC/HWIO, stride 1, no dilation or
+groups, padding narrower than the kernel; the rest goes to im2col_conv. `_conv` also takes bfloat16 activations
+with a fused float32 bias (bf16_conv.py's route). Without the library or a C compiler `available()` is False.
 Calls are serialised and GOMP_SPINCOUNT lowered so libgomp's threads leave XLA's the cores: docs/BENCHMARKS.md
 ("What each step gained", 5) has the why and the measurements.
 """
@@ -29,9 +30,11 @@ _PACKAGE = "onednn-cpu-gomp"
 _LIBRARY = "libdnnl.so.3"
 
 # Constants of oneDNN 3.x's C API (oneapi/dnnl/dnnl_types.h).
-_F32, _TAG_ANY, _TAG_NHWC, _TAG_HWIO = 3, 1, 22, 28
+_BF16, _F32 = 2, 3
+_TAG_ANY, _TAG_A, _TAG_NHWC, _TAG_HWIO = 1, 2, 22, 28
 _FORWARD_TRAINING, _CONVOLUTION_DIRECT, _CPU_ENGINE, _DEFAULT_STREAM = 64, 1, 1, 1
-_QUERY_WEIGHTS_MD, _QUERY_DIFF_WEIGHTS_MD = 131, 132
+_QUERY_IMPL_INFO_STR, _QUERY_WEIGHTS_MD, _QUERY_DIFF_WEIGHTS_MD = 8, 131, 132
+_DATA_TYPES = {"float32": _F32, "bfloat16": _BF16}
 
 _Dims = ctypes.c_int64 * 12
 
@@ -61,8 +64,8 @@ class _Library:
                          "(see dnnl_status_t in oneapi/dnnl/dnnl_types.h).")
     return handle
 
-  def memory_desc(self, dims: Sequence[int], tag: int) -> ctypes.c_void_p:
-    return self.create("dnnl_memory_desc_create_with_tag", len(dims), _Dims(*dims), _F32, tag)
+  def memory_desc(self, dims: Sequence[int], tag: int, data_type: int = _F32) -> ctypes.c_void_p:
+    return self.create("dnnl_memory_desc_create_with_tag", len(dims), _Dims(*dims), data_type, tag)
 
   def primitive(self, primitive_desc: ctypes.c_void_p) -> ctypes.c_void_p:
     return self.create("dnnl_primitive_create", primitive_desc)
@@ -75,7 +78,13 @@ class _Library:
     return ctypes.c_void_p(self.lib.dnnl_primitive_desc_query_md(primitive_desc, what, 0))
 
   def buffer(self, desc: ctypes.c_void_p) -> np.ndarray:
-    return np.empty(self.lib.dnnl_memory_desc_get_size(desc) // 4, np.float32)
+    return np.empty(self.lib.dnnl_memory_desc_get_size(desc), np.uint8)
+
+  def implementation(self, primitive_desc: ctypes.c_void_p) -> str:
+    """oneDNN's name for the kernel a primitive descriptor runs, e.g. `brg:avx512_core_bf16` (or `ref:any`)."""
+    name = ctypes.c_char_p()
+    self.lib.dnnl_primitive_desc_query(primitive_desc, _QUERY_IMPL_INFO_STR, 0, ctypes.byref(name))
+    return (name.value or b"?").decode()
 
 
 @functools.cache
@@ -115,30 +124,42 @@ def prepare() -> _Library:
 class _CPlan(ctypes.Structure):
   """onednn_ffi.c's `Plan`: the handles its handlers run on (same field order)."""
   _fields_ = [(name, ctypes.c_void_p) for name in (
-      "engine", "stream", "src_md", "dst_md", "hwio_md", "forward", "backward_data", "backward_weights",
+      "engine", "stream", "src_md", "dst_md", "hwio_md", "bias_md", "forward", "backward_data", "backward_weights",
       "forward_weights_md", "backward_data_weights_md", "diff_weights_md", "to_forward_weights",
       "to_backward_data_weights", "from_diff_weights", "forward_weights", "backward_data_weights", "diff_weights")]
 
 
 class _Plan:
-  """oneDNN's three convolution primitives for one shape: NHWC/HWIO data, weights reordered to oneDNN's layout."""
+  """oneDNN's three convolution primitives for one shape: NHWC/HWIO data, weights reordered to oneDNN's layout.
 
-  def __init__(self, in_shape: tuple[int, ...], kernel_shape: tuple[int, ...], pads: im2col_conv.Pads):
+  `dtype` is the activations' (src, dst and their gradients); weights, bias and their gradients are float32
+  in XLA's buffers whatever it is. For bfloat16 the weight reorders convert to and from bfloat16 on the way
+  into oneDNN's layout, and oneDNN accumulates in float32 and writes the weight and bias gradients in float32.
+  With `bias`, the forward adds it and the weight-gradient pass also returns its gradient (summed in float32).
+  """
+
+  def __init__(self, in_shape: tuple[int, ...], kernel_shape: tuple[int, ...], pads: im2col_conv.Pads,
+               dtype: str = "float32", bias: bool = False):
     lib = prepare()
     (n, h, w, cin), (kh, kw, _, cout) = in_shape, kernel_shape
+    data_type = _DATA_TYPES[dtype]
     self.out_shape = (n, h + sum(pads[0]) - kh + 1, w + sum(pads[1]) - kw + 1, cout)
-    src = lib.memory_desc((n, cin, h, w), _TAG_NHWC)  # oneDNN's dims are NCHW; the tag gives the layout.
-    dst = lib.memory_desc((n, cout, *self.out_shape[1:3]), _TAG_NHWC)
+    src = lib.memory_desc((n, cin, h, w), _TAG_NHWC, data_type)  # oneDNN's dims are NCHW; the tag gives the layout.
+    dst = lib.memory_desc((n, cout, *self.out_shape[1:3]), _TAG_NHWC, data_type)
     hwio = lib.memory_desc((cout, cin, kh, kw), _TAG_HWIO)
-    blocked = lib.memory_desc((cout, cin, kh, kw), _TAG_ANY)  # Let oneDNN choose: it then picks its direct kernels.
+    bias_md = lib.memory_desc((cout,), _TAG_A) if bias else None
+    blocked = lib.memory_desc((cout, cin, kh, kw), _TAG_ANY, data_type)  # oneDNN chooses: its direct kernels.
+    diff_blocked = lib.memory_desc((cout, cin, kh, kw), _TAG_ANY)  # float32 weight gradients
     geometry = (_Dims(1, 1), _Dims(0, 0), _Dims(pads[0][0], pads[1][0]), _Dims(pads[0][1], pads[1][1]))
-    what = f" for input {in_shape}, kernel {kernel_shape}"
+    what = f" for {dtype} input {in_shape}, kernel {kernel_shape}"
     forward = lib.create("dnnl_convolution_forward_primitive_desc_create", lib.engine, _FORWARD_TRAINING,
-                         _CONVOLUTION_DIRECT, src, blocked, None, dst, *geometry, None, what=what)
+                         _CONVOLUTION_DIRECT, src, blocked, bias_md, dst, *geometry, None, what=what)
     backward_data = lib.create("dnnl_convolution_backward_data_primitive_desc_create", lib.engine,
                                _CONVOLUTION_DIRECT, src, blocked, dst, *geometry, forward, None, what=what)
     backward_weights = lib.create("dnnl_convolution_backward_weights_primitive_desc_create", lib.engine,
-                                  _CONVOLUTION_DIRECT, src, blocked, None, dst, *geometry, forward, None, what=what)
+                                  _CONVOLUTION_DIRECT, src, diff_blocked, bias_md, dst, *geometry, forward, None,
+                                  what=what)
+    self.implementations = tuple(lib.implementation(pd) for pd in (forward, backward_data, backward_weights))
     # Queried descriptors point into their primitive descriptors, which are therefore never destroyed
     # (plans live as long as the process, see _plan).
     forward_weights = lib.query_md(forward, _QUERY_WEIGHTS_MD)
@@ -146,14 +167,14 @@ class _Plan:
     diff_weights = lib.query_md(backward_weights, _QUERY_DIFF_WEIGHTS_MD)
     self._scratch = [lib.buffer(d) for d in (forward_weights, backward_data_weights, diff_weights)]  # kept alive
     self.c_plan = _CPlan(
-        lib.engine, lib.stream, src, dst, hwio, lib.primitive(forward), lib.primitive(backward_data),
+        lib.engine, lib.stream, src, dst, hwio, bias_md, lib.primitive(forward), lib.primitive(backward_data),
         lib.primitive(backward_weights), forward_weights, backward_data_weights, diff_weights,
         lib.reorder(hwio, forward_weights), lib.reorder(hwio, backward_data_weights), lib.reorder(diff_weights, hwio),
         *[b.ctypes.data for b in self._scratch])
     self.address = np.int64(ctypes.addressof(self.c_plan))  # Passed to the FFI handlers as an attribute.
 
 
-_plan = functools.cache(_Plan)  # One plan per (in_shape, kernel_shape, pads), kept for the process's life.
+_plan = functools.cache(_Plan)  # One plan per shape, padding, dtype and bias, kept for the process's life.
 
 
 _TARGETS = ("fer_onednn_conv_forward", "fer_onednn_conv_grads", "fer_onednn_conv_kernel_grad")
@@ -206,33 +227,48 @@ def _call(target: str, plan: _Plan, results: Any, *args: jax.Array) -> Any:
   return jax.ffi.ffi_call(target, results)(*args, plan=plan.address)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv(x: jax.Array, kernel: jax.Array, pads: im2col_conv.Pads) -> jax.Array:
-  plan = _plan(x.shape, kernel.shape, pads)
-  return _call("fer_onednn_conv_forward", plan, jax.ShapeDtypeStruct(plan.out_shape, jnp.float32), x, kernel)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, pads: im2col_conv.Pads) -> jax.Array:
+  """x (float32 or bfloat16) conv kernel (float32) + bias (float32 or None): x's dtype out."""
+  plan = _plan(x.shape, kernel.shape, pads, x.dtype.name, bias is not None)
+  operands = (x, kernel) if bias is None else (x, kernel, bias)
+  return _call("fer_onednn_conv_forward", plan, jax.ShapeDtypeStruct(plan.out_shape, x.dtype), *operands)
 
 
-def _conv_fwd(x, kernel, pads):
+def _conv_fwd(x, kernel, bias, pads):
   # symbolic_zeros=True (below) tells which inputs need a gradient: the first layer's images do not,
   # and their gradient would cost more than that layer's other two passes together.
   needs_dx = () if x.perturbed else None  # A residual's tree structure can carry a flag.
-  x, kernel = x.value, kernel.value
-  return _conv(x, kernel, pads), (x, kernel, needs_dx)
+  x, kernel, bias = x.value, kernel.value, None if bias is None else bias.value
+  return _conv(x, kernel, bias, pads), (x, kernel, bias, needs_dx)
 
 
 def _conv_bwd(pads, residuals, dy):
-  x, kernel, needs_dx = residuals
+  x, kernel, bias, needs_dx = residuals
+  zero_bias = None if bias is None else jnp.zeros_like(bias)
   if isinstance(dy, jax.custom_derivatives.SymbolicZero):
-    return jnp.zeros_like(x), jnp.zeros_like(kernel)
-  plan = _plan(x.shape, kernel.shape, pads)
-  dkernel = jax.ShapeDtypeStruct(kernel.shape, jnp.float32)
+    return jnp.zeros_like(x), jnp.zeros_like(kernel), zero_bias
+  plan = _plan(x.shape, kernel.shape, pads, x.dtype.name, bias is not None)
+  param_grads = (jax.ShapeDtypeStruct(kernel.shape, jnp.float32),) + (
+      () if bias is None else (jax.ShapeDtypeStruct(bias.shape, jnp.float32),))
   if needs_dx is None:
-    return jnp.zeros_like(x), _call("fer_onednn_conv_kernel_grad", plan, dkernel, x, dy)
-  return tuple(_call("fer_onednn_conv_grads", plan, (jax.ShapeDtypeStruct(x.shape, jnp.float32), dkernel),
-                     x, dy, kernel))
+    grads = (jnp.zeros_like(x), *_call("fer_onednn_conv_kernel_grad", plan, param_grads, x, dy))
+  else:
+    grads = tuple(_call("fer_onednn_conv_grads", plan, (jax.ShapeDtypeStruct(x.shape, x.dtype), *param_grads),
+                        x, dy, kernel))
+  return grads if bias is not None else (*grads, None)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd, symbolic_zeros=True)
+
+
+def pads_within_kernel(pads: im2col_conv.Pads, kernel_hw: Sequence[int]) -> bool:
+  """Whether no side is padded by the kernel's size or more (SAME and VALID never are).
+
+  oneDNN 3.2's gemm-based convolution (the one it picks for few channels) corrupts memory on wider padding,
+  e.g. a 3-wide kernel padded by 3: a later call crashes (SIGSEGV). Those convolutions go to im2col.
+  """
+  return all(lo < k and hi < k for (lo, hi), k in zip(pads, kernel_hw))
 
 
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
@@ -240,12 +276,17 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                          rhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
                          feature_group_count: int = 1, batch_group_count: int = 1, precision: Any = None,
                          preferred_element_type: Any = None) -> jax.Array:
-  """`lax.conv_general_dilated` on oneDNN for stride-1 2-D NHWC/HWIO float32 convolutions, else im2col's."""
+  """`lax.conv_general_dilated` on oneDNN for stride-1 2-D NHWC/HWIO convolutions, else im2col's.
+
+  bfloat16 operands are computed in float32 here (oneDNN's float32 kernels, the result cast back): CPUs
+  without bfloat16 dot products run them no faster, and XLA's bfloat16 convolutions are slower (Conv below
+  is the bfloat16 route where the CPU has it).
+  """
   pads = im2col_conv.stride1_nhwc_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                        dimension_numbers, feature_group_count, batch_group_count,
                                        preferred_element_type)
-  if pads is not None and lhs.dtype == jnp.float32:
-    return _conv(lhs, rhs, pads)
+  if pads is not None and pads_within_kernel(pads, rhs.shape[:2]) and lhs.dtype in (jnp.float32, jnp.bfloat16):
+    return _conv(lhs.astype(jnp.float32), rhs.astype(jnp.float32), None, pads).astype(lhs.dtype)
   return im2col_conv.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                           dimension_numbers, feature_group_count, batch_group_count, precision,
                                           preferred_element_type)

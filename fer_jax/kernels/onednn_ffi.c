@@ -20,7 +20,8 @@ extern int dnnl_memory_destroy(void* memory);
 extern int dnnl_primitive_execute(const void* primitive, void* stream, int nargs, const dnnl_exec_arg_t* args);
 extern int dnnl_stream_wait(void* stream);
 
-enum { ARG_SRC = 1, ARG_DST = 17, ARG_WEIGHTS = 33, ARG_DIFF_SRC = 129, ARG_DIFF_DST = 145, ARG_DIFF_WEIGHTS = 161 };
+enum { ARG_SRC = 1, ARG_DST = 17, ARG_WEIGHTS = 33, ARG_BIAS = 41, ARG_DIFF_SRC = 129, ARG_DIFF_DST = 145,
+       ARG_DIFF_WEIGHTS = 161, ARG_DIFF_BIAS = 169 };
 
 /* Mirrored by onednn_conv._CPlan: keep the field order in step. */
 typedef struct {
@@ -29,6 +30,7 @@ typedef struct {
   void* src_md;
   void* dst_md;
   void* hwio_md;
+  void* bias_md;                  /* NULL: no bias; else the forward adds it and kernel_grad also returns its gradient */
   void* forward;
   void* backward_data;
   void* backward_weights;
@@ -68,8 +70,9 @@ static int run(const Plan* plan, void* primitive, int n, const int* kinds, void*
   return status;
 }
 
-/* Answers XLA's metadata query; else checks the call and returns the plan and buffer pointers. */
-static XLA_FFI_Error* decode(XLA_FFI_CallFrame* frame, int64_t nargs, int64_t nrets, const Plan** plan,
+/* Answers XLA's metadata query; else checks the call and returns the plan and buffer pointers.
+ * With a bias the call has one more argument (forward) or result (gradients) than nargs, nrets say. */
+static XLA_FFI_Error* decode(XLA_FFI_CallFrame* frame, int64_t nargs, int64_t nrets, int forward, const Plan** plan,
                              void** args, void** rets, int* done) {
   *done = 0;
   if (frame->extension_start != NULL && frame->extension_start->type == XLA_FFI_Extension_Metadata) {
@@ -84,13 +87,16 @@ static XLA_FFI_Error* decode(XLA_FFI_CallFrame* frame, int64_t nargs, int64_t nr
     *done = 1;
     return NULL;
   }
-  if (frame->args.size != nargs || frame->rets.size != nrets || frame->attrs.size != 1 ||
-      frame->attrs.types[0] != XLA_FFI_AttrType_SCALAR)
-    return error(frame, "fer_jax oneDNN convolution: unexpected arguments (onednn_ffi.c and onednn_conv.py disagree)");
-  const XLA_FFI_Scalar* scalar = (const XLA_FFI_Scalar*)frame->attrs.attrs[0];
-  if (scalar->dtype != XLA_FFI_DataType_S64)
+  if (frame->attrs.size != 1 || frame->attrs.types[0] != XLA_FFI_AttrType_SCALAR ||
+      ((const XLA_FFI_Scalar*)frame->attrs.attrs[0])->dtype != XLA_FFI_DataType_S64)
     return error(frame, "fer_jax oneDNN convolution: the `plan` attribute must be an int64");
-  *plan = (const Plan*)(intptr_t)(*(const int64_t*)scalar->value);
+  *plan = (const Plan*)(intptr_t)(*(const int64_t*)((const XLA_FFI_Scalar*)frame->attrs.attrs[0])->value);
+  if ((*plan)->bias_md != NULL) {
+    if (forward) nargs += 1; /* x, kernel, bias */
+    else nrets += 1;         /* ..., dkernel, dbias */
+  }
+  if (frame->args.size != nargs || frame->rets.size != nrets)
+    return error(frame, "fer_jax oneDNN convolution: unexpected arguments (onednn_ffi.c and onednn_conv.py disagree)");
   for (int64_t i = 0; i < nargs; ++i) args[i] = ((XLA_FFI_Buffer*)frame->args.args[i])->data;
   for (int64_t i = 0; i < nrets; ++i) rets[i] = ((XLA_FFI_Buffer*)frame->rets.rets[i])->data;
   return NULL;
@@ -102,13 +108,16 @@ static XLA_FFI_Error* status_error(XLA_FFI_CallFrame* frame, int status, const c
   return error(frame, message);
 }
 
+static int forward(const Plan* p, void* const* in, void* const* out);
+
 /* Decodes the call, then runs `body` on the plan and XLA's buffers, one call at a time. */
 static XLA_FFI_Error* handle(XLA_FFI_CallFrame* frame, int64_t nargs, int64_t nrets,
                              int (*body)(const Plan*, void* const*, void* const*), const char* what) {
+  int is_forward = body == forward;
   const Plan* plan = NULL;
-  void *in[3], *out[2];
+  void *in[3], *out[3];
   int done;
-  XLA_FFI_Error* err = decode(frame, nargs, nrets, &plan, in, out, &done);
+  XLA_FFI_Error* err = decode(frame, nargs, nrets, is_forward, &plan, in, out, &done);
   if (err != NULL || done) return err;
   pthread_mutex_lock(&lock);
   int status = body(plan, in, out);
@@ -116,27 +125,30 @@ static XLA_FFI_Error* handle(XLA_FFI_CallFrame* frame, int64_t nargs, int64_t nr
   return status == 0 ? NULL : status_error(frame, status, what);
 }
 
-/* in: x [N,H,W,Ci], kernel [kh,kw,Ci,Co]; out: y [N,Ho,Wo,Co]. */
+/* in: x [N,H,W,Ci], kernel [kh,kw,Ci,Co] (, bias [Co]); out: y [N,Ho,Wo,Co]. */
 static int forward(const Plan* p, void* const* in, void* const* out) {
   int status = run(p, p->to_forward_weights, 2, (int[]){ARG_SRC, ARG_DST},
                    (void*[]){p->hwio_md, p->forward_weights_md}, (void*[]){in[1], p->forward_weights});
   if (status == 0)
-    status = run(p, p->forward, 3, (int[]){ARG_SRC, ARG_WEIGHTS, ARG_DST},
-                 (void*[]){p->src_md, p->forward_weights_md, p->dst_md}, (void*[]){in[0], p->forward_weights, out[0]});
+    status = run(p, p->forward, p->bias_md ? 4 : 3, (int[]){ARG_SRC, ARG_WEIGHTS, ARG_DST, ARG_BIAS},
+                 (void*[]){p->src_md, p->forward_weights_md, p->dst_md, p->bias_md},
+                 (void*[]){in[0], p->forward_weights, out[0], p->bias_md ? in[2] : NULL});
   return status;
 }
 
-/* in: x, dy; out: dkernel. */
+/* in: x, dy; out: dkernel (, dbias). */
 static int kernel_grad(const Plan* p, void* const* in, void* const* out) {
-  int status = run(p, p->backward_weights, 3, (int[]){ARG_SRC, ARG_DIFF_DST, ARG_DIFF_WEIGHTS},
-                   (void*[]){p->src_md, p->dst_md, p->diff_weights_md}, (void*[]){in[0], in[1], p->diff_weights});
+  int status = run(p, p->backward_weights, p->bias_md ? 4 : 3,
+                   (int[]){ARG_SRC, ARG_DIFF_DST, ARG_DIFF_WEIGHTS, ARG_DIFF_BIAS},
+                   (void*[]){p->src_md, p->dst_md, p->diff_weights_md, p->bias_md},
+                   (void*[]){in[0], in[1], p->diff_weights, p->bias_md ? out[1] : NULL});
   if (status == 0)
     status = run(p, p->from_diff_weights, 2, (int[]){ARG_SRC, ARG_DST}, (void*[]){p->diff_weights_md, p->hwio_md},
                  (void*[]){p->diff_weights, out[0]});
   return status;
 }
 
-/* in: x, dy, kernel; out: dx, dkernel. */
+/* in: x, dy, kernel; out: dx, dkernel (, dbias). */
 static int grads(const Plan* p, void* const* in, void* const* out) {
   int status = run(p, p->to_backward_data_weights, 2, (int[]){ARG_SRC, ARG_DST},
                    (void*[]){p->hwio_md, p->backward_data_weights_md}, (void*[]){in[2], p->backward_data_weights});
