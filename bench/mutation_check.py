@@ -136,6 +136,22 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m("faceless_video_gives_no_row", "a video with no face in any frame gives no error row",
        "fer_jax/serving/predict.py", "    if not with_faces:", "    if False:",
        "tests/predict_test.py::test_unreadable_inputs_and_faceless_videos_give_their_error_rows"),
+    _m("steps_in_flight_unbounded", "the loop dispatches steps without waiting on step k-2 (slow SIGTERM exit)",
+       "fer_jax/train.py", "MAX_STEPS_IN_FLIGHT = 2", "MAX_STEPS_IN_FLIGHT = 10**9",
+       "tests/startup_test.py::test_sigterm_with_a_slow_step_and_rare_logs_exits_within_5_s"),
+    _m("cut_validation_not_a_preemption", "a SIGTERM that cut a validation short does not save and stop",
+       "fer_jax/train.py", "preempt = preempt or (validate and val is None)", "pass",
+       "tests/validation_test.py::test_sigterm_during_validation_saves_that_step_unvalidated_and_returns"),
+    _m("step_metrics_not_written", "orbax no longer writes step metrics, so a restart forgets the best step",
+       "fer_jax/checkpointing.py", "preservation_policy=policy, best_fn=lambda m: m[VAL_ACCURACY],",
+       "preservation_policy=policy,",
+       "tests/checkpoint_retention_test.py::test_the_best_step_survives_a_restart"),
+    _m("damaged_shard_traceback", "a damaged dataset shard raises the reader's own error (a traceback)",
+       "fer_jax/data/shards.py", "      raise self._damaged(keys, e) from e", "      raise",
+       "tests/command_line_errors_test.py::test_trainer_stops_on_a_damaged_shard_with_one_line_naming_it[0]"),
+    _m("config_typo_traceback", "a misspelt --config field gives absl's traceback again",
+       "fer_jax/main.py", "  app.run(main, flags_parser=flag_parsing.parse)", "  app.run(main)",
+       "tests/command_line_errors_test.py::test_misspelt_config_field_is_one_error_line_with_the_suggestion"),
 )
 
 
