@@ -633,4 +633,4 @@ def test_dtype_sets_the_compute_dtype(workdir, folder, tmp_path, capsys):
   assert not np.array_equal(probs["bfloat16"], probs["float32"])  # computed in bfloat16 ...
   np.testing.assert_allclose(probs["bfloat16"], probs["float32"], atol=0.03)  # ... to about 2-3 digits
   code, err = run(["--exported", str(tmp_path / "model.fer"), "--dtype", "float32", image], capsys)
-  assert code == 2 and "--dtype, --step and --model_card do not apply to --exported artifacts" in err
+  assert code == 2 and "--dtype, --step, --model_card and --kernels do not apply to --exported artifacts" in err

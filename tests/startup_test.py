@@ -101,7 +101,8 @@ def test_each_step_compiles_once_the_eval_step_ahead_of_time_in_its_thread(tmp_p
   jax_logger.addHandler(handler)
   jax.config.update("jax_log_compiles", True)  # Globally: jax.log_compiles() would not reach other threads.
   try:
-    with caplog.at_level(logging.INFO):
+    # absl's logger by name: predict, run in-process by earlier tests, raises its level to ERROR.
+    with caplog.at_level(logging.INFO, logger="absl"):
       train.train_and_evaluate(config, str(tmp_path / "run"))
   finally:
     jax.config.update("jax_log_compiles", False)
