@@ -346,10 +346,12 @@ class Trainer:
                             notice["signal"], step, checkpointing.checkpoint_dir(workdir))
             break
     finally:
-      manager.wait_until_finished()  # A save already started (of a checked, finite state) completes.
-      if jax.process_index() == 0:  # Normally done right after each save finalizes; this catches the last.
-        checkpoint_checksums.seal_finalized(checkpointing.checkpoint_dir(workdir))
-      self._close(train_iter, manager, writer)
+      try:
+        manager.wait_until_finished()  # A save already started (of a checked, finite state) completes.
+        if jax.process_index() == 0:  # Normally done right after each save finalizes; this catches the last.
+          checkpoint_checksums.seal_finalized(checkpointing.checkpoint_dir(workdir))
+      finally:  # Also when that save failed (a full disk): no reader thread may outlive the run.
+        self._close(train_iter, manager, writer)
     if step == self.total_steps and self.preempted_at_step is None:
       logging.info("Training done: step %d saved in %s.", step, checkpointing.checkpoint_dir(workdir))
     return last
