@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from fer_jax import checkpoint_checksums, checkpointing, config_schema, distributed, evaluation, model_factory
-from fer_jax import parallel, tensorboard_writer
+from fer_jax import parallel, tensorboard_writer, xla_cache
 from fer_jax.data import builders, pipeline, stats
 
 
@@ -89,6 +89,7 @@ class CheckpointEvaluator:
 def run(config: ml_collections.ConfigDict, workdir: str, *, idle_timeout_s: float | None = None) -> list[int]:
   """Evaluates new checkpoints until the final step is done or none came for the idle timeout; returns those."""
   idle_timeout_s = config.eval.idle_timeout_s if idle_timeout_s is None else idle_timeout_s
+  xla_cache.enable(config.compilation_cache_dir)  # The job's eval steps use flax's kernels: cacheable.
   evaluator = CheckpointEvaluator(config, workdir)
   out_dir = eval_dir(workdir, evaluator.split)
   os.makedirs(out_dir, exist_ok=True)

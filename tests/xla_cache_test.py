@@ -59,3 +59,17 @@ def test_onednn_runs_build_the_state_with_flax_kernels_bitwise_equal(tmp_path, s
   assert jax.tree.structure(state) == jax.tree.structure(trainer.abstract_state)
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(reference), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_the_evaluation_job_compiles_into_the_cache_too(tmp_path, synthetic_tiny_dir, monkeypatch, restore_jax_cache):
+  """--mode eval, a process of its own, starts warm on its second run as the trainer does."""
+  from fer_jax import eval_job  # pylint: disable=import-outside-toplevel
+  config = tiny_config(synthetic_tiny_dir)
+  config.compilation_cache_dir = ""
+  config.num_train_steps = 4
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  monkeypatch.setattr(xla_cache, "MIN_COMPILE_TIME_S", 0.0)  # The tiny eval step compiles in under 0.2 s.
+  config.compilation_cache_dir = str(tmp_path / "cache")
+  assert eval_job.run(config, str(tmp_path / "run")) == [4]
+  assert xla_cache.current_dir() == str(tmp_path / "cache")
+  assert any((tmp_path / "cache").iterdir()), "the evaluation job wrote nothing to the compilation cache"
