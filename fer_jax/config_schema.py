@@ -77,6 +77,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.plateau_patience_epochs = 5          # schedule=plateau: epochs without train-loss gain before decay.
   c.plateau_factor = 0.5
   c.label_smoothing = 0.0
+  c.ema_decay = 0.0                      # > 0: keep an exponential moving average of the parameters (decay per
+                                         # step, warmed up); validation, best-checkpoint choice, the evaluation
+                                         # job, predict and export use it. 0 = off.
   c.class_weights = "none"               # balanced: weight classes by inverse train frequency.
   c.nonfinite = "stop"                   # A NaN/Inf loss or gradient: stop (keep the last good checkpoint)
                                          # or skip that update (counted as the nonfinite_skipped scalar).
@@ -178,6 +181,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
     _fail("data.cache_max_mb", config.data.cache_max_mb, "must be >= 0 (0 = never cache)")
   if not 0.0 <= config.label_smoothing < 1.0:
     _fail("label_smoothing", config.label_smoothing, "must be in [0, 1)")
+  if not 0.0 <= config.ema_decay < 1.0:
+    _fail("ema_decay", config.ema_decay, "must be in [0, 1): 0 turns the moving average off, 0.999 averages over "
+          "about 1,000 steps")
   for field in ("batch_size", "eval_batch_size"):
     if config[field] % num_devices:
       _fail(field, config[field], f"must divide evenly over the {num_devices} devices; "

@@ -22,8 +22,10 @@ from fer_jax import kernels, models, optimizers
 
 
 class TrainState(train_state.TrainState):
-  """Parameters, optimizer state and step, plus batch-norm statistics (empty for models without BN)."""
+  """Parameters, optimizer state and step, plus batch-norm statistics (empty for models without BN) and the
+  exponential moving average of the parameters (empty unless config.ema_decay > 0)."""
   batch_stats: Any = None
+  ema_params: Any = None
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int,
@@ -37,15 +39,26 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int,
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, ...],
-                       seed: int) -> TrainState:
+                       seed: int, ema: bool = False) -> TrainState:
+  """The initial state; with `ema` its moving average starts as a copy of the initial parameters."""
   variables = model.init({"params": jax.random.key(seed)}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                           batch_stats=variables.get("batch_stats", {}))
+  params = variables["params"]
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx, batch_stats=variables.get("batch_stats", {}),
+                           ema_params=jax.tree.map(jnp.copy, params) if ema else {})
 
 
-def model_variables(state: TrainState) -> dict[str, Any]:
-  """What `model.apply` needs for inference."""
-  return {"params": state.params, "batch_stats": state.batch_stats} if state.batch_stats else {"params": state.params}
+def ema_decay_at(decay: float, step: jax.Array) -> jax.Array:
+  """The moving average's decay at `step`, warmed up as min(decay, (1 + step) / (10 + step)) so that early
+  averages are not dominated by the random initial weights (TensorFlow's ExponentialMovingAverage rule)."""
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def model_variables(state: TrainState, raw: bool = False) -> dict[str, Any]:
+  """What `model.apply` needs for inference: the moving average of the parameters when the run keeps one
+  (config.ema_decay > 0) unless `raw`, else the parameters themselves."""
+  params = state.params if raw or not state.ema_params else state.ema_params
+  return {"params": params, "batch_stats": state.batch_stats} if state.batch_stats else {"params": params}
 
 
 @dataclasses.dataclass
@@ -76,5 +89,5 @@ def training_setup(config: ml_collections.ConfigDict, info: Any,
   model = create_model(config, info.num_classes, model_kernels)
   schedule = optimizers.create_schedule(config, epoch_steps, total)
   tx = optimizers.create_optimizer(config, schedule, epoch_steps)
-  init = functools.partial(create_train_state, model, tx, info.image_shape, config.seed)
+  init = functools.partial(create_train_state, model, tx, info.image_shape, config.seed, ema=config.ema_decay > 0)
   return TrainingSetup(model, schedule, tx, epoch_steps, total, init)

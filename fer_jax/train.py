@@ -41,11 +41,12 @@ def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, *, label_smoothing: 
 
 def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, base_key: jax.Array,
                label_smoothing: float, class_weights: jnp.ndarray | None,
-               skip_nonfinite: bool = False) -> tuple[TrainState, TrainMetrics, jnp.ndarray]:
+               skip_nonfinite: bool = False, ema_decay: float = 0.0) -> tuple[TrainState, TrainMetrics, jnp.ndarray]:
   """One optimizer step on a global batch (dropout randomness is fold_in(seed, step)), and whether it was finite.
 
-  With `skip_nonfinite`, a non-finite step keeps parameters, optimizer state and batch-norm statistics
-  unchanged (its batch is still consumed, the step still counts).
+  With `skip_nonfinite`, a non-finite step keeps parameters, optimizer state, batch-norm statistics and the
+  moving average unchanged (its batch is still consumed, the step still counts). A state with `ema_params`
+  moves them toward the new parameters by model_factory.ema_decay_at(ema_decay, step).
   """
   dropout_key = jax.random.fold_in(base_key, state.step)
   has_bn = bool(state.batch_stats)
@@ -64,11 +65,16 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, base_key: ja
   param_updates, opt_state = state.tx.update(grads, state.opt_state, state.params, value=loss)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, param_updates),
                             opt_state=opt_state, batch_stats=updates["batch_stats"] if has_bn else state.batch_stats)
+  if state.ema_params:
+    decay = model_factory.ema_decay_at(ema_decay, state.step)
+    new_state = new_state.replace(ema_params=jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
+                                                          state.ema_params, new_state.params))
   if skip_nonfinite:
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = new_state.replace(params=keep(new_state.params, state.params),
                                   opt_state=keep(new_state.opt_state, state.opt_state),
-                                  batch_stats=keep(new_state.batch_stats, state.batch_stats))
+                                  batch_stats=keep(new_state.batch_stats, state.batch_stats),
+                                  ema_params=keep(new_state.ema_params, state.ema_params))
   metrics = TrainMetrics.single_from_model_output(loss=loss, logits=logits, labels=batch["label"])
   return new_state, metrics, finite
 
@@ -145,7 +151,8 @@ class Trainer:
     # (state, metrics, finite): the loop reads `finite` for the NaN policy; train_step() drops it.
     self.checked_train_step = jax.jit(
         functools.partial(train_step, base_key=jax.random.key(config.seed), label_smoothing=config.label_smoothing,
-                          class_weights=class_weights, skip_nonfinite=config.nonfinite == "skip"),
+                          class_weights=class_weights, skip_nonfinite=config.nonfinite == "skip",
+                          ema_decay=config.ema_decay),
         in_shardings=(self.replicated, parallel.data_sharding(self.mesh)),
         out_shardings=(self.replicated, self.replicated, self.replicated), donate_argnums=0)
     self.preempted_at_step: int | None = None  # Set by train() when it stopped on SIGTERM.
@@ -179,9 +186,17 @@ class Trainer:
     return new_state, metrics
 
   def validate(self, state: TrainState, stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
-    """Validation loss and accuracy; None when `stop()` became true (single-process runs only) midway."""
-    return self.validator.run(model_factory.model_variables(state),
-                              stop=stop if jax.process_count() == 1 else None)
+    """Validation loss and accuracy; None when `stop()` became true (single-process runs only) midway.
+
+    With a moving average (config.ema_decay > 0) these are the average's, and the raw parameters' follow as
+    raw_val_loss and raw_val_accuracy, so every run shows what the average buys.
+    """
+    stop = stop if jax.process_count() == 1 else None
+    val = self.validator.run(model_factory.model_variables(state), stop=stop)
+    if val is None or not state.ema_params:
+      return val
+    raw = self.validator.run(model_factory.model_variables(state, raw=True), stop=stop)
+    return None if raw is None else {**val, **{f"raw_{k}": v for k, v in raw.items()}}
 
   def _check_finite(self, pending: list[tuple[int, jax.Array]], manager: Any) -> int:
     """How many of the `pending` (step, finite) flags were non-finite; with nonfinite='stop' raises instead.
@@ -332,8 +347,10 @@ class Trainer:
           if val is not None:
             writer.write_scalars(step, val)
             last.update(val)
-            logging.info("step %d validation (%s): loss %.4f accuracy %.4f", step, config.data.eval_split,
-                         val["val_loss"], val[checkpointing.VAL_ACCURACY])
+            logging.info("step %d validation (%s): loss %.4f accuracy %.4f%s", step, config.data.eval_split,
+                         val["val_loss"], val[checkpointing.VAL_ACCURACY],
+                         f" (moving average; raw parameters {val['raw_val_accuracy']:.4f})" if "raw_val_accuracy"
+                         in val else "")
             progress.restart_clock()  # Validation time is not training throughput.
           preempt = preempt or (validate and val is None)  # A SIGTERM cut the validation short.
           if save or preempt:  # A preemption save is not validated: kept by latest-N, not ranked among the best.

@@ -224,7 +224,10 @@ def load(workdir: str | None = None, *, checkpoint: str | None = None, step: int
   except Exception as e:  # orbax raises several types for a damaged or foreign directory
     raise ModelLoadError(
         f"{state_dir} is not a readable orbax checkpoint ({checkpoint_checksums.describe(e)}).") from e
-  stored = {name: x for name, x in named_leaves({k: stored.get(k, {}) for k in abstract}) if hasattr(x, "shape")}
+  # A run with a moving average of its parameters (config.ema_decay > 0) is scored, and served, by the average.
+  source = {k: "ema_params" if k == "params" and stored.get("ema_params") else k for k in abstract}
+  stored = {name: x for name, x in named_leaves({k: stored.get(source[k], {}) for k in abstract})
+            if hasattr(x, "shape")}
   problems = shape_mismatches(abstract, stored, "the checkpoint")
   if problems:
     raise ModelLoadError(
@@ -232,11 +235,12 @@ def load(workdir: str | None = None, *, checkpoint: str | None = None, step: int
         f"(model={config.get('model')}, model_kwargs={config.get('model_kwargs')}, input {list(prep.input_shape)}): "
         f"{problems}. Use the model.json of the run that wrote this checkpoint (--model_card).")
   try:
+    item = {source[k]: v for k, v in abstract.items()}
     restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-        item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract), partial_restore=True))
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
   except Exception as e:
     raise ModelLoadError(f"cannot restore {state_dir} ({checkpoint_checksums.describe(e)}).") from e
-  variables = {k: restored[k] for k in abstract}
+  variables = {k: restored[source[k]] for k in abstract}
   if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(variables)):
     raise ModelLoadError(f"checkpoint {step_dir} holds NaN or Inf parameters (damaged, or saved from a diverged "
                          "run): use another step (--step N).")
