@@ -156,6 +156,10 @@ class WorkdirError(OSError):
   """The workdir cannot hold checkpoints (read-only, or too little free space)."""
 
 
+class DiskFullError(WorkdirError):
+  """The disk filled up during training: a save failed, and some of its writes may still be running."""
+
+
 def state_bytes(abstract_state: Any) -> int:
   """Bytes of one saved training state (parameters, optimizer state, batch-norm statistics)."""
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_state) if hasattr(x, "dtype"))
@@ -213,10 +217,10 @@ def is_disk_full(error: BaseException) -> bool:
   return False
 
 
-def disk_full_error(workdir: str, checkpoint_bytes: int, keep: int) -> WorkdirError:
+def disk_full_error(workdir: str, checkpoint_bytes: int, keep: int) -> DiskFullError:
   """The one-line error for a disk that filled up during training."""
   needed = int(checkpoint_bytes * (keep + 1) * 1.1)
-  return WorkdirError(
+  return DiskFullError(
       f"The disk holding {os.path.abspath(workdir)} filled up while training (checkpoint saves, or event files): "
       f"{shutil.disk_usage(workdir).free / 2**20:.1f} MiB are free, and {keep + 1} checkpoints of "
       f"{checkpoint_bytes / 2**20:.1f} MiB need about {needed / 2**20:.1f} MiB. Free some space, then run the same "

@@ -38,7 +38,20 @@ def main(argv):
   except (config_schema.ConfigError, builders.DatasetNotBuiltError, builders.DatasetDamagedError,
           checkpointing.WorkdirError, checkpointing.DamagedCheckpointError, train.NonFiniteError) as e:
     # What the user fixes (command line, config, data, disk): the message, not a traceback.
+    if isinstance(e, checkpointing.DiskFullError):
+      _exit_after_failed_save(f"error: {e}")
     raise SystemExit(f"error: {e}") from None
+
+
+def _exit_after_failed_save(message: str) -> None:
+  """Prints `message` and ends the process without interpreter shutdown (the trainer has closed its readers,
+  workers and writers by now): tensorstore's threads may still finish the failed save's writes and call back
+  into Python, and during shutdown that crashed the interpreter now and then (SIGSEGV after the error line)."""
+  print(message, file=sys.stderr)
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(1)  # pylint: disable=protected-access
 
 
 def _orbax_log_filter(record) -> bool:

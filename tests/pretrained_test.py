@@ -25,6 +25,18 @@ def test_a_bundle_predicts_what_its_checkpoint_predicts(loaded, tmp_path, capsys
   np.testing.assert_array_equal(bundled.classifier()(faces), loaded.classifier()(faces))
 
 
+def test_a_bundle_can_be_served_in_another_dtype_than_it_trained_in(loaded, tmp_path):  # noqa: F811
+  """A bfloat16-trained run bundled with --dtype float32 serves in float32 and remembers how it trained."""
+  loaded.card["config"]["dtype"] = "bfloat16"
+  try:
+    pretrained.write(loaded, str(tmp_path / "w" / "b"), dtype="float32")
+  finally:
+    loaded.card["config"]["dtype"] = "float32"
+  bundled = pretrained.load("b", weights_dir=str(tmp_path / "w"))
+  assert bundled.card["config"]["dtype"] == "float32" and bundled.card["bundle"]["trained_dtype"] == "bfloat16"
+  assert bundled.model.dtype == np.float32
+
+
 def test_predict_names_a_missing_bundle(tmp_path, capsys):
   cv2.imwrite(str(tmp_path / "face.png"), synthetic_face())
   code, err = run(["--pretrained", "no_such_model", str(tmp_path / "face.png"), "--no-detect"], capsys)

@@ -35,12 +35,22 @@ def bundle_dir(name: str = DEFAULT, weights_dir: str | None = None) -> str:
   return os.path.join(weights_dir or WEIGHTS_DIR, name)
 
 
-def write(loaded: inference.LoadedModel, output: str, *, extra: dict[str, Any] | None = None) -> str:
-  """Writes `loaded` (an inference.LoadedModel) as a bundle folder `output`; returns its path."""
+def write(loaded: inference.LoadedModel, output: str, *, extra: dict[str, Any] | None = None,
+          dtype: str | None = None) -> str:
+  """Writes `loaded` (an inference.LoadedModel) as a bundle folder `output`; returns its path.
+
+  `dtype` is the compute dtype the bundle is served in, when not the training config's: a model trained
+  in bfloat16 on a CPU's bf16 convolutions serves in float32, which every CPU runs fast (the parameters
+  are float32 either way). model.json keeps the training dtype as bundle.trained_dtype.
+  """
   os.makedirs(output, exist_ok=True)
   arrays = {name: np.asarray(leaf, np.float32) for name, leaf in inference.named_leaves(loaded.variables)}
   card = dict(loaded.card)
   card["bundle"] = {"step": loaded.step, **(extra or {})}
+  trained_dtype = card.get("config", {}).get("dtype", "float32")
+  if dtype is not None and dtype != trained_dtype:
+    card["config"] = {**card["config"], "dtype": dtype}
+    card["bundle"]["trained_dtype"] = trained_dtype
   tmp = os.path.join(output, ".params.tmp.npz")
   np.savez_compressed(tmp, **arrays)
   os.replace(tmp, os.path.join(output, PARAMS_FILE))
@@ -85,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
   p.add_argument("--name", default=DEFAULT, help="bundle name: fer_jax/serving/weights/<name>")
   p.add_argument("--output", help="bundle folder to write instead of fer_jax/serving/weights/<name>")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"),
+                 help="compute dtype to serve the bundle in (default: the training config's)")
   p.add_argument("--note", action="append", default=[], metavar="KEY=VALUE",
                  help="recorded in model.json's bundle entry, e.g. validation_accuracy=0.69")
   args = p.parse_args(argv)
@@ -102,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
   except inference.ModelLoadError as e:
     print(f"pretrained: error: {e}", file=sys.stderr)
     return 2
-  path = write(loaded, args.output or bundle_dir(args.name), extra=extra)
+  path = write(loaded, args.output or bundle_dir(args.name), extra=extra, dtype=args.dtype)
   size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
   print(f"pretrained: wrote {path} (step {loaded.step}, {size / 1e6:.1f} MB)", file=sys.stderr)
   return 0
