@@ -98,3 +98,22 @@ def test_a_run_with_ema_is_validated_evaluated_and_served_by_the_average(tmp_pat
   report = json.loads((tmp_path / "run/eval/validation/step_8/metrics.json").read_text())
   assert report["plain"]["loss"] == pytest.approx(last["val_loss"], rel=1e-4)
   assert report["plain"]["loss"] != pytest.approx(last["raw_val_loss"], rel=1e-4)
+
+
+def test_a_resumed_run_continues_the_average_where_it_stopped(tmp_path, synthetic_tiny_dir):
+  """4 steps, then a rerun to 8, ends with the same average as 8 steps straight: it is checkpointed."""
+  config = tiny_config(synthetic_tiny_dir)
+  config.ema_decay = 0.9
+  train.train_and_evaluate(config, str(tmp_path / "straight"))
+  first_half = tiny_config(synthetic_tiny_dir)
+  first_half.ema_decay, first_half.num_train_steps = 0.9, 4  # constant learning rate: the same first 4 updates
+  train.train_and_evaluate(first_half, str(tmp_path / "resumed"))
+  train.train_and_evaluate(config, str(tmp_path / "resumed"))
+
+  def average(workdir):
+    manager = checkpointing.create_manager(workdir, read_only=True)
+    return checkpointing.restore(manager, 8, train.Trainer(config, workdir).abstract_state).ema_params
+
+  for a, b in zip(jax.tree.leaves(average(str(tmp_path / "straight"))),
+                  jax.tree.leaves(average(str(tmp_path / "resumed")))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
