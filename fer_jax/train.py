@@ -67,8 +67,7 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, base_key: ja
                             opt_state=opt_state, batch_stats=updates["batch_stats"] if has_bn else state.batch_stats)
   if state.ema_params:
     decay = model_factory.ema_decay_at(ema_decay, state.step)
-    new_state = new_state.replace(ema_params=jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
-                                                          state.ema_params, new_state.params))
+    new_state = new_state.replace(ema_params=optax.incremental_update(new_state.params, state.ema_params, 1.0 - decay))
   if skip_nonfinite:
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = new_state.replace(params=keep(new_state.params, state.params),
