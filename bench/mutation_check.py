@@ -167,6 +167,9 @@ MUTATIONS: tuple[Mutation, ...] = (
        "fer_jax/model_factory.py", "params = state.params if raw or not state.ema_params else state.ema_params",
        "params = state.params",
        "tests/ema_test.py::test_a_run_with_ema_is_validated_evaluated_and_served_by_the_average"),
+    _m("validation_ignores_its_view", "validation scores the plain view whatever config.validation_view says",
+       "fer_jax/validation.py", "eval_ds, view=self.view, stop=stop)", "eval_ds, stop=stop)",
+       "tests/validation_test.py::test_validation_scores_the_configured_view"),
 )
 
 

@@ -86,6 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.log_every_steps = 50
   c.eval_every_steps = 500               # Validation inside the training job; also at each checkpoint.
+  c.validation_view = "plain"            # What validation (and best-checkpoint choice) scores: plain, or a TTA view
+                                         # (flip, ten_crop) whose averaged softmax serving would then use too.
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 2                 # Latest N kept ...
   c.keep_best_checkpoints = 1            # ... plus the best N by validation accuracy.
@@ -167,6 +169,11 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
   for view in tta_views(config):
     if view not in evaluation.TTA_VIEWS:
       _fail("eval.tta", config.eval.tta, "comma-separated views from " + ", ".join(evaluation.TTA_VIEWS))
+  if config.validation_view not in evaluation.VIEWS:
+    _fail("validation_view", config.validation_view, "one of " + ", ".join(evaluation.VIEWS))
+  if config.validation_view == "ten_crop" and not config.data.augment.crop_size:
+    _fail("validation_view", config.validation_view,
+          "ten_crop needs data.augment.crop_size > 0 (the crop the model was trained on)")
   if "ten_crop" in tta_views(config) and not config.data.augment.crop_size:
     _fail("eval.tta", config.eval.tta, "ten_crop needs data.augment.crop_size > 0 (the crop the model was trained on)")
   for field in ("batch_size", "eval_batch_size", "learning_rate", "log_every_steps", "eval_every_steps",

@@ -346,7 +346,8 @@ class Trainer:
           if val is not None:
             writer.write_scalars(step, val)
             last.update(val)
-            logging.info("step %d validation (%s): loss %.4f accuracy %.4f%s", step, config.data.eval_split,
+            logging.info("step %d validation (%s%s): loss %.4f accuracy %.4f%s", step, config.data.eval_split,
+                         "" if config.validation_view == "plain" else f", {config.validation_view} TTA",
                          val["val_loss"], val[checkpointing.VAL_ACCURACY],
                          f" (moving average; raw parameters {val['raw_val_accuracy']:.4f})" if "raw_val_accuracy"
                          in val else "")

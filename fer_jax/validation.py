@@ -29,12 +29,14 @@ def eval_batch_spec(config: ml_collections.ConfigDict, image_shape: tuple[int, .
 
 
 class Validator:
-  """Scores the model on config.data.eval_split; `compile_in_background` first, then `run` at each validation."""
+  """Scores the model on config.data.eval_split in config.validation_view (plain, or a TTA view's averaged
+  softmax); `compile_in_background` first, then `run` at each validation."""
 
   def __init__(self, config: ml_collections.ConfigDict, evaluator: evaluation.Evaluator,
                eval_image_shape: tuple[int, ...]):
     self.config = config
     self.evaluator = evaluator
+    self.view = config.validation_view
     self._batch_spec = eval_batch_spec(config, eval_image_shape, evaluator.mesh)
     self._thread: threading.Thread | None = None
     self._error: BaseException | None = None
@@ -44,7 +46,7 @@ class Validator:
     """Starts compiling the plain view's eval step (for variables shaped and placed like these) in a thread."""
     def compile_step():
       try:
-        self.evaluator.compile_ahead(abstract_variables, self._batch_spec)
+        self.evaluator.compile_ahead(abstract_variables, self._batch_spec, view=self.view)
       except BaseException as e:  # pylint: disable=broad-except
         self._error = e  # Raised where the step is needed: in run().
 
@@ -81,7 +83,7 @@ class Validator:
     self.wait_compiled()
     compiled = time.perf_counter()
     try:
-      confusion, loss = self.evaluator.confusion(variables, eval_ds, stop=stop)
+      confusion, loss = self.evaluator.confusion(variables, eval_ds, view=self.view, stop=stop)
     except evaluation.Interrupted:
       return None
     if self._first:

@@ -51,6 +51,18 @@ def test_ten_crop_needs_a_crop_size():
     config_schema.validate(config, num_devices=1)
 
 
+def test_validation_view_is_checked():
+  config = load(CONFIGS[0])
+  config.validation_view = "ten_crop"
+  with pytest.raises(ValueError, match="config.validation_view='ten_crop'.*needs data.augment.crop_size"):
+    config_schema.validate(config, num_devices=1)
+  config.validation_view = "flop"
+  with pytest.raises(ValueError, match="config.validation_view='flop'.*one of plain, flip, ten_crop"):
+    config_schema.validate(config, num_devices=1)
+  config.validation_view = "flip"
+  config_schema.validate(config, num_devices=1)
+
+
 def test_unknown_field_is_rejected():
   config = load(CONFIGS[0])
   with pytest.raises(AttributeError, match="lerning_rate"):

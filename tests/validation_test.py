@@ -47,3 +47,27 @@ def test_sigterm_during_validation_saves_that_step_unvalidated_and_returns(tmp_p
   assert trainer.preempted_at_step == 4
   assert "val_accuracy" not in last
   assert checkpointing.finalized_steps(checkpointing.checkpoint_dir(workdir)) == [4]
+
+
+def test_validation_scores_the_configured_view(tmp_path, synthetic_tiny_dir):
+  """config.validation_view="flip": validation's loss and accuracy are the flip view's, not the plain view's."""
+  from fer_jax import model_factory  # pylint: disable=g-import-not-at-top
+  from fer_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
+  config = tiny_config(synthetic_tiny_dir)
+  config.compilation_cache_dir = ""
+  config.validation_view = "flip"
+  trainer = train.Trainer(config, str(tmp_path / "run"))
+  state = trainer._init_state()  # pylint: disable=protected-access
+  variables = model_factory.model_variables(state)
+  scored = trainer.validate(state)
+
+  def score(view):
+    eval_ds = pipeline.create_eval_dataset(config, config.data.eval_split, process_index=0, process_count=1)
+    confusion, loss = trainer.evaluator.confusion(variables, eval_ds, view=view)
+    return float(np.trace(confusion) / confusion.sum()), loss
+
+  (flip_accuracy, flip_loss), (_, plain_loss) = score("flip"), score("plain")
+  assert abs(flip_loss - plain_loss) > 1e-6  # An untrained network is not mirror-symmetric: the views differ.
+  np.testing.assert_allclose(scored["val_loss"], flip_loss, rtol=1e-6)
+  assert scored[checkpointing.VAL_ACCURACY] == flip_accuracy
