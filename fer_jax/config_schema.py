@@ -171,11 +171,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
       _fail("eval.tta", config.eval.tta, "comma-separated views from " + ", ".join(evaluation.TTA_VIEWS))
   if config.validation_view not in evaluation.VIEWS:
     _fail("validation_view", config.validation_view, "one of " + ", ".join(evaluation.VIEWS))
-  if config.validation_view == "ten_crop" and not config.data.augment.crop_size:
-    _fail("validation_view", config.validation_view,
-          "ten_crop needs data.augment.crop_size > 0 (the crop the model was trained on)")
-  if "ten_crop" in tta_views(config) and not config.data.augment.crop_size:
-    _fail("eval.tta", config.eval.tta, "ten_crop needs data.augment.crop_size > 0 (the crop the model was trained on)")
+  for field, value, views in (("eval.tta", config.eval.tta, tta_views(config)),
+                              ("validation_view", config.validation_view, [config.validation_view])):
+    if "ten_crop" in views and not config.data.augment.crop_size:
+      _fail(field, value, "ten_crop needs data.augment.crop_size > 0 (the crop the model was trained on)")
   for field in ("batch_size", "eval_batch_size", "learning_rate", "log_every_steps", "eval_every_steps",
                 "checkpoint_every_steps", "keep_checkpoints"):
     if not config[field] > 0:

@@ -43,7 +43,7 @@ class Validator:
     self._first = True
 
   def compile_in_background(self, abstract_variables: Any) -> None:
-    """Starts compiling the plain view's eval step (for variables shaped and placed like these) in a thread."""
+    """Starts compiling the validation view's eval step (for variables shaped and placed like these) in a thread."""
     def compile_step():
       try:
         self.evaluator.compile_ahead(abstract_variables, self._batch_spec, view=self.view)

@@ -7,7 +7,8 @@ import signal
 
 import numpy as np
 
-from fer_jax import checkpointing, train
+from fer_jax import checkpointing, model_factory, train
+from fer_jax.data import pipeline
 from train_test import tiny_config
 
 
@@ -51,9 +52,6 @@ def test_sigterm_during_validation_saves_that_step_unvalidated_and_returns(tmp_p
 
 def test_validation_scores_the_configured_view(tmp_path, synthetic_tiny_dir):
   """config.validation_view="flip": validation's loss and accuracy are the flip view's, not the plain view's."""
-  from fer_jax import model_factory  # pylint: disable=g-import-not-at-top
-  from fer_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-
   config = tiny_config(synthetic_tiny_dir)
   config.compilation_cache_dir = ""
   config.validation_view = "flip"
