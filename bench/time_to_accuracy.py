@@ -91,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
   for threshold in thresholds:
     reached = [(m, s) for s, m, a in curve if a >= threshold]
     if reached:
-      print(f"{threshold:.0%}: {reached[0][0]:.2f} min (step {reached[0][1]})")
+      print(f"{threshold * 100:g}%: {reached[0][0]:.2f} min (step {reached[0][1]})")
     else:
-      print(f"{threshold:.0%}: not reached" + (f" (best {best[2]:.2%} at step {best[0]}, {best[1]:.2f} min; last "
+      print(f"{threshold * 100:g}%: not reached" + (f" (best {best[2]:.2%} at step {best[0]}, {best[1]:.2f} min; last "
                                                f"validation at {curve[-1][1]:.2f} min)" if best else
                                                " (no validation was logged)"))
   return 0 if curve else 1

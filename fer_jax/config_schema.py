@@ -80,6 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.ema_decay = 0.0                      # > 0: keep an exponential moving average of the parameters (decay per
                                          # step, warmed up); validation, best-checkpoint choice, the evaluation
                                          # job, predict and export use it. 0 = off.
+  c.validate_raw_parameters = True       # With a moving average: validation also scores the raw parameters (one
+                                         # more pass each time) to show what the average buys. False halves a
+                                         # costly view's validation time (ten_crop: ~16 s on 2 CPU cores).
   c.class_weights = "none"               # balanced: weight classes by inverse train frequency.
   c.nonfinite = "stop"                   # A NaN/Inf loss or gradient: stop (keep the last good checkpoint)
                                          # or skip that update (counted as the nonfinite_skipped scalar).

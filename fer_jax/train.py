@@ -187,12 +187,13 @@ class Trainer:
   def validate(self, state: TrainState, stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
     """Validation loss and accuracy; None when `stop()` became true (single-process runs only) midway.
 
-    With a moving average (config.ema_decay > 0) these are the average's, and the raw parameters' follow as
-    raw_val_loss and raw_val_accuracy, so every run shows what the average buys.
+    With a moving average (config.ema_decay > 0) these are the average's, and unless
+    config.validate_raw_parameters is off the raw parameters' follow as raw_val_loss and raw_val_accuracy, so
+    a run shows what the average buys.
     """
     stop = stop if jax.process_count() == 1 else None
     val = self.validator.run(model_factory.model_variables(state), stop=stop)
-    if val is None or not state.ema_params:
+    if val is None or not state.ema_params or not self.config.validate_raw_parameters:
       return val
     raw = self.validator.run(model_factory.model_variables(state, raw=True), stop=stop)
     return None if raw is None else {**val, **{f"raw_{k}": v for k, v in raw.items()}}

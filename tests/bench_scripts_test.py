@@ -217,9 +217,10 @@ def test_time_to_accuracy_counts_from_launch_and_names_thresholds_never_reached(
   writer.close()
   assert time_to_accuracy.main([str(tmp_path), "--thresholds", "0.7,0.72"]) == 0
   assert "70%: 2.00 min (step 200)" in capsys.readouterr().out  # from the first event
-  assert time_to_accuracy.main([str(tmp_path), "--thresholds", "0.7,0.72", "--launch_time", str(t0 - 30)]) == 0
+  assert time_to_accuracy.main([str(tmp_path), "--thresholds", "0.7,0.705,0.72", "--launch_time", str(t0 - 30)]) == 0
   out = capsys.readouterr().out
   assert "70%: 2.50 min (step 200)" in out  # from launch: start-up counts
+  assert "70.5%: 2.50 min (step 200)" in out  # a threshold between whole percents is named as given
   assert "72%: not reached (best 71.00% at step 200, 2.50 min" in out
   assert time_to_accuracy.main([str(tmp_path / "nothing"), "--thresholds", "0.7"]) == 1
   assert "70%: not reached (no validation was logged)" in capsys.readouterr().out

@@ -69,3 +69,26 @@ def test_validation_scores_the_configured_view(tmp_path, synthetic_tiny_dir):
   assert abs(flip_loss - plain_loss) > 1e-6  # An untrained network is not mirror-symmetric: the views differ.
   np.testing.assert_allclose(scored["val_loss"], flip_loss, rtol=1e-6)
   assert scored[checkpointing.VAL_ACCURACY] == flip_accuracy
+
+
+def test_validation_scores_the_raw_parameters_only_when_asked(tmp_path, synthetic_tiny_dir):
+  """With a moving average, config.validate_raw_parameters=False saves the raw parameters' pass (one of two)."""
+  config = tiny_config(synthetic_tiny_dir)
+  config.compilation_cache_dir = ""
+  config.ema_decay = 0.9
+  passes = {}
+  for raw_too in (True, False):
+    config.validate_raw_parameters = raw_too
+    trainer = train.Trainer(config, str(tmp_path / f"run_{raw_too}"))
+    state = trainer._init_state()  # pylint: disable=protected-access
+    confusion, calls = trainer.validator.evaluator.confusion, []
+
+    def counted_confusion(*args, _confusion=confusion, _calls=calls, **kwargs):
+      _calls.append(True)
+      return _confusion(*args, **kwargs)
+
+    trainer.validator.evaluator.confusion = counted_confusion
+    scored = trainer.validate(state)
+    passes[raw_too] = (len(calls), set(scored))
+  assert passes[True] == (2, {"val_loss", "val_accuracy", "raw_val_loss", "raw_val_accuracy"})
+  assert passes[False] == (1, {"val_loss", "val_accuracy"})
