@@ -170,6 +170,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m("validation_ignores_its_view", "validation scores the plain view whatever config.validation_view says",
        "fer_jax/validation.py", "eval_ds, view=self.view, stop=stop)", "eval_ds, stop=stop)",
        "tests/validation_test.py::test_validation_scores_the_configured_view"),
+    _m("raw_validation_always_runs", "validation scores the raw parameters too although validate_raw_parameters is off",
+       "fer_jax/train.py", "not state.ema_params or not self.config.validate_raw_parameters:",
+       "not state.ema_params:",
+       "tests/validation_test.py::test_validation_scores_the_raw_parameters_only_when_asked"),
 )
 
 
