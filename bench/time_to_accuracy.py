@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     if reached:
       print(f"{threshold * 100:g}%: {reached[0][0]:.2f} min (step {reached[0][1]})")
     else:
-      print(f"{threshold * 100:g}%: not reached" + (f" (best {best[2]:.2%} at step {best[0]}, {best[1]:.2f} min; last "
-                                               f"validation at {curve[-1][1]:.2f} min)" if best else
-                                               " (no validation was logged)"))
+      best_so_far = (f" (best {best[2]:.2%} at step {best[0]}, {best[1]:.2f} min; last validation at "
+                     f"{curve[-1][1]:.2f} min)" if best else " (no validation was logged)")
+      print(f"{threshold * 100:g}%: not reached{best_so_far}")
   return 0 if curve else 1
 
 

@@ -51,7 +51,7 @@ def get_config():
   config.num_epochs = 110.0            # ~79 minutes with validations on 2 Zen 4 cores at ~740 images/s
   config.validation_view = "ten_crop"  # Validate (and choose the best checkpoint) as the model is best served
   config.validate_raw_parameters = False  # A ten-crop pass costs ~16 s on 2 Zen 4 cores: score the average only
-  config.eval.tta = "ten_crop"         # The evaluation job also scores the view validation chose by
+  config.eval.tta = "ten_crop"         # The evaluation job also scores the served view, besides the centre crop
   config.log_every_steps = 112
   config.eval_every_steps = 896    # every 4 epochs (224 steps per epoch at batch 128)
   config.checkpoint_every_steps = 896
