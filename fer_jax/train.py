@@ -301,20 +301,20 @@ class Trainer:
     with self.startup.phase("dataset open"):
       train_iter = iter(pipeline.create_train_dataset(
           config, process_index=jax.process_index(), process_count=jax.process_count()))
-    state = self._restore_or_init(manager, train_iter, writer)
-    if jax.process_index() == 0:
-      model_card.write(config, workdir, self.info)  # Only once the state was built or restored.
-    step = int(jax.device_get(state.step))
-    batches = self._compile_for_first_batch(state, train_iter) if step < self.total_steps else iter(())
+    try:  # From here on, every way out closes grain's workers first (a failed first batch included).
+      state = self._restore_or_init(manager, train_iter, writer)
+      if jax.process_index() == 0:
+        model_card.write(config, workdir, self.info)  # Only once the state was built or restored.
+      step = int(jax.device_get(state.step))
+      batches = self._compile_for_first_batch(state, train_iter) if step < self.total_steps else iter(())
 
-    last: dict[str, float] = {}
-    progress = progress_window.ProgressWindow(self.total_steps, self.steps_per_epoch, config.batch_size)
-    pending_finite: list[tuple[int, jax.Array]] = []
-    in_flight: collections.deque[jax.Array] = collections.deque()
-    skipped = 0
-    unsealed: int | None = None  # The last step saved, until it is sealed.
-    self.preempted_at_step = None
-    try:
+      last: dict[str, float] = {}
+      progress = progress_window.ProgressWindow(self.total_steps, self.steps_per_epoch, config.batch_size)
+      pending_finite: list[tuple[int, jax.Array]] = []
+      in_flight: collections.deque[jax.Array] = collections.deque()
+      skipped = 0
+      unsealed: int | None = None  # The last step saved, until it is sealed.
+      self.preempted_at_step = None
       with preemption.preemption_notice() as notice:
         signalled = lambda: notice["signal"] is not None
         while step < self.total_steps:

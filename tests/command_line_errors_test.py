@@ -10,16 +10,23 @@ import os
 import pathlib
 import shlex
 import shutil
+import multiprocessing
 import subprocess
 import sys
+import threading
 
 import pytest
 
+from fer_jax import config_schema
 from fer_jax import run_summary
+from fer_jax import train
+from fer_jax.data import builders
+from fer_jax.data import stats
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from reliability_test import run_cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+from train_test import tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def run_data_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -51,9 +58,16 @@ def damage(data_dir: pathlib.Path, split: str) -> pathlib.Path:
 
 @pytest.fixture
 def damaged_train_dir(tmp_path, synthetic_tiny_dir) -> tuple[pathlib.Path, pathlib.Path]:
-  """(data_dir, damaged shard): a copy of the tiny dataset whose train shard fails riegeli's hash."""
+  """(data_dir, damaged shard): a copy of the tiny dataset whose train shard fails riegeli's hash.
+
+  Its normalization statistics are cached first, as on a dataset already trained on, so the damage is met
+  by the training reader (grain's workers when there are any), not by the statistics pass.
+  """
   data_dir = tmp_path / "tfds"
   shutil.copytree(synthetic_tiny_dir, data_dir)
+  config = config_schema.base_config()
+  config.data.name, config.data.config, config.data.data_dir = "synthetic_faces", "tiny", str(data_dir)
+  stats.normalization_stats(config)
   return data_dir, damage(data_dir, "train")
 
 
@@ -100,6 +114,18 @@ def test_trainer_stops_on_a_damaged_shard_with_one_line_naming_it(tmp_path, dama
   assert len(errors) == 1 and out.stderr.strip().splitlines()[-1] == errors[0], out.stderr[-3000:]
   assert errors[0].startswith(f"error: The dataset file {shard} is damaged or unreadable (Corrupted Riegeli")
   assert errors[0].endswith(rebuild_hint(data_dir))
+
+
+def test_trainer_has_stopped_grains_workers_when_a_damaged_shard_error_leaves_it(tmp_path, damaged_train_dir):
+  """Else a worker's prefetch thread is still stopping it while the interpreter's exit stops it too: the two
+  race, and grain prints a traceback after the error line (seen in CI)."""
+  data_dir, shard = damaged_train_dir
+  config = tiny_config(str(data_dir))
+  config.data.num_workers = 2
+  with pytest.raises(builders.DatasetDamagedError, match=str(shard)):
+    train.Trainer(config, str(tmp_path / "run")).train()
+  assert not [thread.name for thread in threading.enumerate() if thread.name.startswith("grain-")]
+  assert not multiprocessing.active_children()
 
 
 def test_data_info_stops_on_a_damaged_shard_and_its_rebuild_command_repairs_it(damaged_train_dir):
