@@ -24,6 +24,12 @@ def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
   return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
 
 
+def pad_to_even(x: jnp.ndarray) -> jnp.ndarray:
+  """Pads an odd height or width with -inf at the bottom or right, so a 2x2 pool keeps that edge (ceil mode)."""
+  pad = ((0, 0), (0, x.shape[1] % 2), (0, x.shape[2] % 2), (0, 0))
+  return jnp.pad(x, pad, constant_values=-jnp.inf) if any(p[1] for p in pad) else x
+
+
 class CNN(nn.Module):
   """Plain conv stages (conv 3x3 + ReLU + 2x2 max-pool + dropout), then dense layers.
 
@@ -65,6 +71,7 @@ class VGG(nn.Module):
   dense_features: Sequence[int] = (1024, 1024)
   dropout: float = 0.5
   batch_norm: bool = True     # False: biased convs and no normalisation (the ablation in BENCHMARKS).
+  ceil_pool: bool = False     # True: an odd map's last row and column are pooled too (5x5 -> 3x3, not 2x2).
   dtype: Dtype = jnp.float32
   conv: ModuleDef = nn.Conv
   pool: PoolFn = max_pool_2x2
@@ -77,7 +84,7 @@ class VGG(nn.Module):
       for _ in range(self.convs_per_stage):
         x = self.conv(features, (3, 3), padding="SAME", use_bias=not self.batch_norm, dtype=self.dtype)(x)
         x = nn.relu(norm()(x) if self.batch_norm else x)
-      x = self.pool(x)
+      x = self.pool(pad_to_even(x) if self.ceil_pool else x)
     x = x.reshape((x.shape[0], -1))
     for features in self.dense_features:
       x = nn.relu(nn.Dense(features, dtype=self.dtype)(x))

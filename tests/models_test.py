@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fer_jax import models
+from fer_jax.kernels import pooling
 
 
 @pytest.mark.parametrize("name,kwargs,shape", [
@@ -30,6 +31,25 @@ def test_seeds_cnn_layout():
   kernels = [params[k]["kernel"].shape for k in sorted(params, key=lambda k: (k[:4], int(k.split("_")[1])))]
   assert kernels == [(3, 3, 1, 32), (3, 3, 32, 64), (3, 3, 64, 128),
                      (6 * 6 * 128, 256), (256, 128), (128, 7)]
+
+
+@pytest.mark.parametrize("pool", [models.max_pool_2x2, pooling.max_pool_2x2], ids=["flax", "kernels"])
+def test_ceil_pool_keeps_an_odd_maps_last_row_and_column_in_value_and_gradient(pool):
+  x = jnp.arange(25, dtype=jnp.float32).reshape(1, 5, 5, 1)
+  ceil_pool = lambda x: pool(models.pad_to_even(x))
+  np.testing.assert_array_equal(ceil_pool(x)[0, :, :, 0], [[6, 8, 9], [16, 18, 19], [21, 23, 24]])
+  winners = np.zeros((5, 5))
+  winners[np.ix_([1, 3, 4], [1, 3, 4])] = 1
+  np.testing.assert_array_equal(jax.grad(lambda x: ceil_pool(x).sum())(x)[0, :, :, 0], winners)
+
+
+@pytest.mark.parametrize("ceil_pool,side", [(False, 2), (True, 3)])
+def test_vgg_on_40x40_crops_flattens_a_2x2_map_or_with_ceil_pool_3x3(ceil_pool, side):
+  """40 -> 20 -> 10 -> 5 -> 2 drops the 5x5 map's last row and column; ceil pooling gives 3x3."""
+  model = models.create_model("vgg", num_classes=7, dtype=jnp.float32, stage_features=(8, 8, 8, 8),
+                              dense_features=(16,), ceil_pool=ceil_pool)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 40, 40, 1)))["params"]
+  assert params["Dense_0"]["kernel"].shape == (side * side * 8, 16)
 
 
 def test_bfloat16_compute_keeps_float32_params():
