@@ -6,11 +6,12 @@ A misspelt --config field, a --config file that is not there, a damaged dataset 
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pathlib
+import re
 import shlex
 import shutil
-import multiprocessing
 import subprocess
 import sys
 import threading
@@ -122,7 +123,7 @@ def test_trainer_has_stopped_grains_workers_when_a_damaged_shard_error_leaves_it
   data_dir, shard = damaged_train_dir
   config = tiny_config(str(data_dir))
   config.data.num_workers = 2
-  with pytest.raises(builders.DatasetDamagedError, match=str(shard)):
+  with pytest.raises(builders.DatasetDamagedError, match=re.escape(str(shard))):
     train.Trainer(config, str(tmp_path / "run")).train()
   assert not [thread.name for thread in threading.enumerate() if thread.name.startswith("grain-")]
   assert not multiprocessing.active_children()
