@@ -181,6 +181,17 @@ MUTATIONS: tuple[Mutation, ...] = (
        "fer_jax/train.py", "train_iter.close()  # Its workers", "pass  # Its workers",
        "tests/command_line_errors_test.py::"
        "test_trainer_has_stopped_grains_workers_when_a_damaged_shard_error_leaves_it"),
+    _m("mixup_partner_is_self", "mixup blends each face with itself (a no-op)",
+       "fer_jax/losses.py", "(1.0 - lam) * images[::-1].astype", "(1.0 - lam) * images.astype",
+       "tests/mixup_test.py::test_mixup_blends_each_face_with_its_mirror_in_the_batch_by_one_lam"),
+    _m("mixup_targets_unblended", "mixup's loss keeps each face's own label as the whole target",
+       "fer_jax/losses.py",
+       "targets = mix.lam * targets + (1.0 - mix.lam) * jax.nn.one_hot(mix.partner_labels, num_classes)",
+       "targets = targets",
+       "tests/mixup_test.py::test_the_blended_loss_is_lam_times_one_labels_loss_plus_the_rest_times_the_partners"),
+    _m("trainer_ignores_mixup_alpha", "the trainer's step never blends, whatever config.mixup_alpha says",
+       "fer_jax/train.py", "mixup_alpha=config.mixup_alpha)", "mixup_alpha=0.0)",
+       "tests/mixup_test.py::test_the_trainer_steps_with_the_configs_mixup"),
 )
 
 

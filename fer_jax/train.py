@@ -15,7 +15,7 @@ import optax
 from absl import logging
 from clu import metrics as clu_metrics
 
-from fer_jax import checkpoint_checksums, checkpointing, config_schema, distributed, evaluation, kernels
+from fer_jax import checkpoint_checksums, checkpointing, config_schema, distributed, evaluation, kernels, losses
 from fer_jax import model_card, model_factory, optimizers, parallel, preemption, progress_window, startup_timer
 from fer_jax import tensorboard_writer, validation, workdir_guard, xla_cache
 from fer_jax.data import builders, pipeline, stats
@@ -28,21 +28,17 @@ class TrainMetrics(clu_metrics.Collection):
   accuracy: clu_metrics.Accuracy
 
 
-def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, *, label_smoothing: float,
-                  class_weights: jnp.ndarray | None) -> jnp.ndarray:
-  """Mean (optionally class-weighted, as in PyTorch) softmax cross-entropy with label smoothing."""
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-  losses = optax.softmax_cross_entropy(logits, targets)
-  if class_weights is None:
-    return jnp.mean(losses)
-  weights = class_weights[labels]
-  return jnp.sum(losses * weights) / jnp.sum(weights)
+MIXUP_STREAM = 1  # Folded into the seed's key for mixup's draws, apart from dropout's fold_in(seed, step).
 
 
 def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, base_key: jax.Array,
                label_smoothing: float, class_weights: jnp.ndarray | None,
-               skip_nonfinite: bool = False, ema_decay: float = 0.0) -> tuple[TrainState, TrainMetrics, jnp.ndarray]:
+               skip_nonfinite: bool = False, ema_decay: float = 0.0,
+               mixup_alpha: float = 0.0) -> tuple[TrainState, TrainMetrics, jnp.ndarray]:
   """One optimizer step on a global batch (dropout randomness is fold_in(seed, step)), and whether it was finite.
+
+  With `mixup_alpha` > 0 the step trains on losses.mixup's blend of the batch (its lam drawn from
+  fold_in(fold_in(seed, MIXUP_STREAM), step)); its accuracy metric still counts the unblended labels.
 
   With `skip_nonfinite`, a non-finite step keeps parameters, optimizer state, batch-norm statistics and the
   moving average unchanged (its batch is still consumed, the step still counts). A state with `ema_params`
@@ -50,12 +46,17 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, base_key: ja
   """
   dropout_key = jax.random.fold_in(base_key, state.step)
   has_bn = bool(state.batch_stats)
+  images, mix = batch["image"], None
+  if mixup_alpha > 0:
+    mixup_key = jax.random.fold_in(jax.random.fold_in(base_key, MIXUP_STREAM), state.step)
+    images, mix = losses.mixup(images, batch["label"], mixup_key, mixup_alpha)
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats} if has_bn else {"params": params}
-    logits, updates = state.apply_fn(variables, batch["image"], train=True, rngs={"dropout": dropout_key},
+    logits, updates = state.apply_fn(variables, images, train=True, rngs={"dropout": dropout_key},
                                      mutable=["batch_stats"] if has_bn else [])
-    loss = cross_entropy(logits, batch["label"], label_smoothing=label_smoothing, class_weights=class_weights)
+    loss = losses.cross_entropy(logits, batch["label"], label_smoothing=label_smoothing,
+                                class_weights=class_weights, mix=mix)
     return loss, (logits, updates)
 
   (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -151,7 +152,7 @@ class Trainer:
     self.checked_train_step = jax.jit(
         functools.partial(train_step, base_key=jax.random.key(config.seed), label_smoothing=config.label_smoothing,
                           class_weights=class_weights, skip_nonfinite=config.nonfinite == "skip",
-                          ema_decay=config.ema_decay),
+                          ema_decay=config.ema_decay, mixup_alpha=config.mixup_alpha),
         in_shardings=(self.replicated, parallel.data_sharding(self.mesh)),
         out_shardings=(self.replicated, self.replicated, self.replicated), donate_argnums=0)
     self.preempted_at_step: int | None = None  # Set by train() when it stopped on SIGTERM.
