@@ -190,7 +190,13 @@ MUTATIONS: tuple[Mutation, ...] = (
        "targets = targets",
        "tests/mixup_test.py::test_the_blended_loss_is_lam_times_one_labels_loss_plus_the_rest_times_the_partners"),
     _m("trainer_ignores_mixup_alpha", "the trainer's step never blends, whatever config.mixup_alpha says",
-       "fer_jax/train.py", "mixup_alpha=config.mixup_alpha)", "mixup_alpha=0.0)",
+       "fer_jax/train.py", "mixup_alpha=config.mixup_alpha,", "mixup_alpha=0.0,",
+       "tests/mixup_test.py::test_the_trainer_steps_with_the_configs_mixup"),
+    _m("mixup_from_step_ignored", "mixup blends from the first step, whatever mixup_from_step says",
+       "fer_jax/train.py", "on=state.step >= mixup_from_step)", "on=True)",
+       "tests/mixup_test.py::test_before_mixup_from_step_a_step_is_exactly_the_step_without_mixup"),
+    _m("trainer_ignores_mixup_from_epoch", "the trainer's step blends from the first step, whatever the config says",
+       "fer_jax/train.py", "mixup_from_step=int(config.mixup_from_epoch * self.steps_per_epoch)", "mixup_from_step=0",
        "tests/mixup_test.py::test_the_trainer_steps_with_the_configs_mixup"),
 )
 

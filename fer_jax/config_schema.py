@@ -79,6 +79,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.label_smoothing = 0.0
   c.mixup_alpha = 0.0                    # > 0: train on mixup blends of face pairs and of their labels, one
                                          # lam ~ Beta(alpha, alpha) per batch (fer_jax/losses.py). 0 = off.
+  c.mixup_from_epoch = 0.0               # Mixup starts here: a regulariser for the epochs where training accuracy
+                                         # overtakes validation; the steps before are exactly those without mixup.
   c.ema_decay = 0.0                      # > 0: keep an exponential moving average of the parameters (decay per
                                          # step, warmed up); validation, best-checkpoint choice, the evaluation
                                          # job, predict and export use it. 0 = off.
@@ -194,6 +196,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
     _fail("label_smoothing", config.label_smoothing, "must be in [0, 1)")
   if not config.mixup_alpha >= 0.0:
     _fail("mixup_alpha", config.mixup_alpha, "must be >= 0: 0 turns mixup off, 0.2-1.0 are usual")
+  if not config.mixup_from_epoch >= 0.0:
+    _fail("mixup_from_epoch", config.mixup_from_epoch, "must be >= 0 (0 = mixup from the first step)")
   if not 0.0 <= config.ema_decay < 1.0:
     _fail("ema_decay", config.ema_decay, "must be in [0, 1): 0 turns the moving average off, 0.999 averages over "
           "about 1,000 steps")

@@ -20,13 +20,15 @@ class Mix(NamedTuple):
   lam: jnp.ndarray
 
 
-def mixup(images: jnp.ndarray, labels: jnp.ndarray, key: jax.Array, alpha: float) -> tuple[jnp.ndarray, Mix]:
+def mixup(images: jnp.ndarray, labels: jnp.ndarray, key: jax.Array, alpha: float,
+          on: bool | jax.Array = True) -> tuple[jnp.ndarray, Mix]:
   """Blends each image with its mirror in the batch order (example i with n-1-i) by one lam ~ Beta(alpha, alpha).
 
   The loader shuffles every epoch, so the pairs are random; reversing needs no permutation draw and pairs
-  examples across devices when the batch is sharded.
+  examples across devices when the batch is sharded. Where `on` is False, lam is 1: the batch and its loss
+  come back exactly as without mixup.
   """
-  lam = jax.random.beta(key, alpha, alpha).astype(jnp.float32)
+  lam = jnp.where(on, jax.random.beta(key, alpha, alpha).astype(jnp.float32), 1.0)
   blended = lam * images.astype(jnp.float32) + (1.0 - lam) * images[::-1].astype(jnp.float32)
   return blended.astype(images.dtype), Mix(labels[::-1], lam)
 

@@ -34,11 +34,11 @@ MIXUP_STREAM = 1  # Folded into the seed's key for mixup's draws, apart from dro
 def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, base_key: jax.Array,
                label_smoothing: float, class_weights: jnp.ndarray | None,
                skip_nonfinite: bool = False, ema_decay: float = 0.0,
-               mixup_alpha: float = 0.0) -> tuple[TrainState, TrainMetrics, jnp.ndarray]:
+               mixup_alpha: float = 0.0, mixup_from_step: int = 0) -> tuple[TrainState, TrainMetrics, jnp.ndarray]:
   """One optimizer step on a global batch (dropout randomness is fold_in(seed, step)), and whether it was finite.
 
-  With `mixup_alpha` > 0 the step trains on losses.mixup's blend of the batch (its lam drawn from
-  fold_in(fold_in(seed, MIXUP_STREAM), step)); its accuracy metric still counts the unblended labels.
+  With `mixup_alpha` > 0 a step from `mixup_from_step` on trains on losses.mixup's blend of the batch (its lam
+  drawn from fold_in(fold_in(seed, MIXUP_STREAM), step)); its accuracy metric still counts the unblended labels.
 
   With `skip_nonfinite`, a non-finite step keeps parameters, optimizer state, batch-norm statistics and the
   moving average unchanged (its batch is still consumed, the step still counts). A state with `ema_params`
@@ -49,7 +49,7 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, base_key: ja
   images, mix = batch["image"], None
   if mixup_alpha > 0:
     mixup_key = jax.random.fold_in(jax.random.fold_in(base_key, MIXUP_STREAM), state.step)
-    images, mix = losses.mixup(images, batch["label"], mixup_key, mixup_alpha)
+    images, mix = losses.mixup(images, batch["label"], mixup_key, mixup_alpha, on=state.step >= mixup_from_step)
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats} if has_bn else {"params": params}
@@ -152,7 +152,8 @@ class Trainer:
     self.checked_train_step = jax.jit(
         functools.partial(train_step, base_key=jax.random.key(config.seed), label_smoothing=config.label_smoothing,
                           class_weights=class_weights, skip_nonfinite=config.nonfinite == "skip",
-                          ema_decay=config.ema_decay, mixup_alpha=config.mixup_alpha),
+                          ema_decay=config.ema_decay, mixup_alpha=config.mixup_alpha,
+                          mixup_from_step=int(config.mixup_from_epoch * self.steps_per_epoch)),
         in_shardings=(self.replicated, parallel.data_sharding(self.mesh)),
         out_shardings=(self.replicated, self.replicated, self.replicated), donate_argnums=0)
     self.preempted_at_step: int | None = None  # Set by train() when it stopped on SIGTERM.

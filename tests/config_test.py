@@ -32,6 +32,7 @@ def test_shipped_configs_validate(path):
     ("batch_size", 30, "config.batch_size=30.*8 devices.*24"),
     ("label_smoothing", 1.5, "label_smoothing"),
     ("mixup_alpha", -0.5, "config.mixup_alpha=-0.5.*>= 0"),
+    ("mixup_from_epoch", -1.0, "config.mixup_from_epoch=-1.0.*>= 0"),
     ("learning_rate", float("inf"), "config.learning_rate=inf.*finite"),
     ("weight_decay", float("nan"), "config.weight_decay=nan.*finite"),
 ])

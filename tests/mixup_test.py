@@ -80,12 +80,31 @@ def test_a_step_with_mixup_trains_on_the_blend_drawn_from_the_seed_and_step():
 
 
 def test_the_trainer_steps_with_the_configs_mixup(tmp_path, synthetic_tiny_dir):
-  """Same seed and data: a run with mixup_alpha logs another loss than one without (the step got the field)."""
-  def first_loss(alpha: float, name: str) -> float:
+  """Same seed and data: mixup changes the logged loss, unless it starts after the run (the step got both fields)."""
+  def first_loss(alpha: float, from_epoch: float, name: str) -> float:
     config = tiny_config(synthetic_tiny_dir)
     config.num_train_steps = config.log_every_steps = config.eval_every_steps = config.checkpoint_every_steps = 1
-    config.mixup_alpha = alpha
+    config.mixup_alpha, config.mixup_from_epoch = alpha, from_epoch
     return train.train_and_evaluate(config, str(tmp_path / name))["train_loss"]
 
-  assert abs(first_loss(0.4, "mixed") - first_loss(0.0, "plain")) > 1e-3
+  plain = first_loss(0.0, 0.0, "plain")
+  assert abs(first_loss(0.4, 0.0, "mixed") - plain) > 1e-3
+  assert first_loss(0.4, 100.0, "mixed_later") == plain
 
+
+def test_before_mixup_from_step_a_step_is_exactly_the_step_without_mixup():
+  model = models.create_model("cnn", num_classes=7, dtype=jnp.float32, conv_features=(4,), dense_features=(8,))
+  state = model_factory.create_train_state(model, optax.sgd(0.1), (48, 48, 1), seed=0)
+  step = lambda **kw: jax.jit(functools.partial(train.train_step, base_key=jax.random.key(5), label_smoothing=0.1,
+                                                class_weights=None, **kw))
+  plain, late_mixup = step(), step(mixup_alpha=0.4, mixup_from_step=1)
+  plain_state, late_state = state, state
+  for k, mixed in enumerate((False, True)):  # Step 0 comes before mixup_from_step, step 1 does not.
+    batch = _batch(10 + k)
+    plain_state, plain_metrics, _ = plain(plain_state, batch)
+    late_state, late_metrics, _ = late_mixup(late_state, batch)
+    same = float(plain_metrics.compute()["loss"]) == float(late_metrics.compute()["loss"])
+    assert same != mixed, f"step {k}"
+    if not mixed:
+      for a, b in zip(jax.tree.leaves(plain_state.params), jax.tree.leaves(late_state.params)):
+        np.testing.assert_array_equal(a, b)
