@@ -28,7 +28,9 @@ class TrainMetrics(clu_metrics.Collection):
   accuracy: clu_metrics.Accuracy
 
 
-MIXUP_STREAM = 1  # Folded into the seed's key for mixup's draws, apart from dropout's fold_in(seed, step).
+# Folded into the seed's key for mixup's draws. Dropout's key is fold_in(seed, step), so the id must lie beyond any
+# step a run reaches: with 1 the mixup base would be step 1's dropout key.
+MIXUP_STREAM = 0x6D697875  # "mixu" in ASCII, about 1.8e9.
 
 
 def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, base_key: jax.Array,
