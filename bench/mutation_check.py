@@ -198,6 +198,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m("trainer_ignores_mixup_from_epoch", "the trainer's step blends from the first step, whatever the config says",
        "fer_jax/train.py", "mixup_from_step=int(config.mixup_from_epoch * self.steps_per_epoch)", "mixup_from_step=0",
        "tests/mixup_test.py::test_the_trainer_steps_with_the_configs_mixup"),
+    _m("mixup_stream_is_a_step", "mixup's draws start from step 1's dropout key",
+       "fer_jax/train.py", "MIXUP_STREAM = 0x6D697875", "MIXUP_STREAM = 1",
+       "tests/mixup_test.py::test_mixup_draws_come_from_no_step_dropout_key_of_a_long_run"),
 )
 
 
