@@ -201,6 +201,14 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m("mixup_stream_is_a_step", "mixup's draws start from step 1's dropout key",
        "fer_jax/train.py", "MIXUP_STREAM = 0x6D697875", "MIXUP_STREAM = 1",
        "tests/mixup_test.py::test_mixup_draws_come_from_no_step_dropout_key_of_a_long_run"),
+    _m("late_ema_from_step_ignored", "the late decay of the moving average applies from the first step",
+       "fer_jax/model_factory.py",
+       "decay = jnp.where(step >= late_from_step, jnp.float32(late_decay), jnp.float32(decay))",
+       "decay = jnp.float32(late_decay)",
+       "tests/ema_test.py::test_a_late_decay_replaces_the_decay_from_its_step_on"),
+    _m("trainer_ignores_late_ema", "the trainer's step keeps ema_decay throughout, whatever late_ema_decay says",
+       "fer_jax/train.py", "late_ema=(config.late_ema_decay, int(config.late_ema_from_epoch * self.steps_per_epoch)),",
+       "late_ema=(0.0, 0),", "tests/ema_test.py::test_the_trainer_averages_with_the_configs_late_decay"),
 )
 
 

@@ -84,6 +84,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.ema_decay = 0.0                      # > 0: keep an exponential moving average of the parameters (decay per
                                          # step, warmed up); validation, best-checkpoint choice, the evaluation
                                          # job, predict and export use it. 0 = off.
+  c.late_ema_decay = 0.0                 # > 0: the average's decay from late_ema_from_epoch on (a longer average
+  c.late_ema_from_epoch = 0.0            # once the learning rate is low). 0 = ema_decay throughout.
   c.validate_raw_parameters = True       # With a moving average: validation also scores the raw parameters (one
                                          # more pass each time) to show what the average buys. False halves a
                                          # costly view's validation time (ten_crop: ~16 s on 2 CPU cores).
@@ -201,6 +203,11 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
   if not 0.0 <= config.ema_decay < 1.0:
     _fail("ema_decay", config.ema_decay, "must be in [0, 1): 0 turns the moving average off, 0.999 averages over "
           "about 1,000 steps")
+  if not 0.0 <= config.late_ema_decay < 1.0 or (config.late_ema_decay > 0 and config.ema_decay == 0):
+    _fail("late_ema_decay", config.late_ema_decay, "must be in [0, 1), and > 0 only with ema_decay > 0 (it changes "
+          "the decay of an average the run keeps)")
+  if not config.late_ema_from_epoch >= 0.0:
+    _fail("late_ema_from_epoch", config.late_ema_from_epoch, "must be >= 0")
   for field in ("batch_size", "eval_batch_size"):
     if config[field] % num_devices:
       _fail(field, config[field], f"must divide evenly over the {num_devices} devices; "

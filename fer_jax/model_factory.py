@@ -47,10 +47,16 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image
                            ema_params=jax.tree.map(jnp.copy, params) if ema else {})
 
 
-def ema_decay_at(decay: float, step: jax.Array) -> jax.Array:
+def ema_decay_at(decay: float, step: jax.Array, late_decay: float = 0.0, late_from_step: int = 0) -> jax.Array:
   """The moving average's decay at `step`, warmed up as min(decay, (1 + step) / (10 + step)) so that early
-  averages are not dominated by the random initial weights (TensorFlow's ExponentialMovingAverage rule)."""
+  averages are not dominated by the random initial weights (TensorFlow's ExponentialMovingAverage rule).
+
+  With `late_decay` > 0 it replaces `decay` from `late_from_step` on: a longer average once the learning
+  rate is low, when the weights move little and averaging more of them smooths out their noise.
+  """
   step = jnp.asarray(step, jnp.float32)
+  if late_decay > 0:
+    decay = jnp.where(step >= late_from_step, jnp.float32(late_decay), jnp.float32(decay))
   return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 

@@ -35,7 +35,7 @@ MIXUP_STREAM = 0x6D697875  # "mixu" in ASCII, about 1.8e9.
 
 def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, base_key: jax.Array,
                label_smoothing: float, class_weights: jnp.ndarray | None,
-               skip_nonfinite: bool = False, ema_decay: float = 0.0,
+               skip_nonfinite: bool = False, ema_decay: float = 0.0, late_ema: tuple[float, int] = (0.0, 0),
                mixup_alpha: float = 0.0, mixup_from_step: int = 0) -> tuple[TrainState, TrainMetrics, jnp.ndarray]:
   """One optimizer step on a global batch (dropout randomness is fold_in(seed, step)), and whether it was finite.
 
@@ -44,7 +44,7 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, base_key: ja
 
   With `skip_nonfinite`, a non-finite step keeps parameters, optimizer state, batch-norm statistics and the
   moving average unchanged (its batch is still consumed, the step still counts). A state with `ema_params`
-  moves them toward the new parameters by model_factory.ema_decay_at(ema_decay, step).
+  moves them toward the new parameters by model_factory.ema_decay_at(ema_decay, step, *late_ema).
   """
   dropout_key = jax.random.fold_in(base_key, state.step)
   has_bn = bool(state.batch_stats)
@@ -69,7 +69,7 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, base_key: ja
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, param_updates),
                             opt_state=opt_state, batch_stats=updates["batch_stats"] if has_bn else state.batch_stats)
   if state.ema_params:
-    decay = model_factory.ema_decay_at(ema_decay, state.step)
+    decay = model_factory.ema_decay_at(ema_decay, state.step, *late_ema)
     new_state = new_state.replace(ema_params=optax.incremental_update(new_state.params, state.ema_params, 1.0 - decay))
   if skip_nonfinite:
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
@@ -155,6 +155,7 @@ class Trainer:
         functools.partial(train_step, base_key=jax.random.key(config.seed), label_smoothing=config.label_smoothing,
                           class_weights=class_weights, skip_nonfinite=config.nonfinite == "skip",
                           ema_decay=config.ema_decay, mixup_alpha=config.mixup_alpha,
+                          late_ema=(config.late_ema_decay, int(config.late_ema_from_epoch * self.steps_per_epoch)),
                           mixup_from_step=int(config.mixup_from_epoch * self.steps_per_epoch)),
         in_shardings=(self.replicated, parallel.data_sharding(self.mesh)),
         out_shardings=(self.replicated, self.replicated, self.replicated), donate_argnums=0)

@@ -33,6 +33,8 @@ def test_shipped_configs_validate(path):
     ("label_smoothing", 1.5, "label_smoothing"),
     ("mixup_alpha", -0.5, "config.mixup_alpha=-0.5.*>= 0"),
     ("mixup_from_epoch", -1.0, "config.mixup_from_epoch=-1.0.*>= 0"),
+    ("late_ema_decay", 1.0, r"config.late_ema_decay=1.0.*\[0, 1\)"),
+    ("late_ema_from_epoch", -1.0, "config.late_ema_from_epoch=-1.0.*>= 0"),
     ("learning_rate", float("inf"), "config.learning_rate=inf.*finite"),
     ("weight_decay", float("nan"), "config.weight_decay=nan.*finite"),
 ])

@@ -117,3 +117,36 @@ def test_a_resumed_run_continues_the_average_where_it_stopped(tmp_path, syntheti
   for a, b in zip(jax.tree.leaves(average(str(tmp_path / "straight"))),
                   jax.tree.leaves(average(str(tmp_path / "resumed")))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_late_decay_replaces_the_decay_from_its_step_on():
+  assert float(model_factory.ema_decay_at(0.9, 10**5, late_decay=0.99, late_from_step=10**5 + 1)) == pytest.approx(0.9)
+  assert float(model_factory.ema_decay_at(0.9, 10**5, late_decay=0.99, late_from_step=10**5)) == pytest.approx(0.99)
+  assert float(model_factory.ema_decay_at(0.9, 20, late_decay=0.99, late_from_step=10)) == pytest.approx(21 / 30)
+  state = _tiny_state(ema=True).replace(step=jnp.asarray(100, jnp.int32))  # Warm-up: 101/110, above both.
+  for late_from_step, decay in ((100, 0.8), (101, 0.5)):
+    step = jax.jit(functools.partial(train.train_step, base_key=jax.random.key(0), label_smoothing=0.0,
+                                     class_weights=None, ema_decay=0.5, late_ema=(0.8, late_from_step)))
+    new, _, _ = step(state, _batch(0))
+    expected = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, new.params)
+    assert _close(new.ema_params, expected), late_from_step
+
+
+def test_the_trainer_averages_with_the_configs_late_decay(tmp_path, synthetic_tiny_dir):
+  """Same seed and data: a late decay from epoch 0 changes the average's validation loss, one after the run not."""
+  def val_loss(late_decay: float, from_epoch: float, name: str) -> float:
+    config = tiny_config(synthetic_tiny_dir)
+    config.ema_decay, config.optimizer, config.learning_rate = 0.1, "sgd", 0.3  # 8 steps: warm-up is 0.1-0.47.
+    config.late_ema_decay, config.late_ema_from_epoch = late_decay, from_epoch
+    return train.train_and_evaluate(config, str(tmp_path / name))["val_loss"]
+
+  plain = val_loss(0.0, 0.0, "plain")
+  assert abs(val_loss(0.4, 0.0, "late") - plain) > 1e-4
+  assert val_loss(0.4, 1000.0, "after_the_run") == plain
+
+
+def test_a_late_decay_needs_a_moving_average():
+  config = tiny_config("unused")
+  config.ema_decay, config.late_ema_decay = 0.0, 0.999
+  with pytest.raises(config_schema.ConfigError, match="late_ema_decay=0.999.*ema_decay > 0"):
+    config_schema.validate(config, num_devices=1, process_count=1)
