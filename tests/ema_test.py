@@ -14,7 +14,7 @@ import pytest
 
 from fer_jax import checkpointing, config_schema, eval_job, model_factory, models, train
 from fer_jax.serving import inference
-from train_test import tiny_config
+from train_test import tiny_config, tiny_run
 
 
 def _tiny_state(ema: bool) -> model_factory.TrainState:
@@ -135,10 +135,8 @@ def test_a_late_decay_replaces_the_decay_from_its_step_on():
 def test_the_trainer_averages_with_the_configs_late_decay(tmp_path, synthetic_tiny_dir):
   """Same seed and data: a late decay from epoch 0 changes the average's validation loss, one after the run not."""
   def val_loss(late_decay: float, from_epoch: float, name: str) -> float:
-    config = tiny_config(synthetic_tiny_dir)
-    config.ema_decay, config.optimizer, config.learning_rate = 0.1, "sgd", 0.3  # 8 steps: warm-up is 0.1-0.47.
-    config.late_ema_decay, config.late_ema_from_epoch = late_decay, from_epoch
-    return train.train_and_evaluate(config, str(tmp_path / name))["val_loss"]
+    return tiny_run(synthetic_tiny_dir, str(tmp_path / name), ema_decay=0.1, optimizer="sgd", learning_rate=0.3,
+                    late_ema_decay=late_decay, late_ema_from_epoch=from_epoch)["val_loss"]  # 8 steps: warm-up 0.1-0.47.
 
   plain = val_loss(0.0, 0.0, "plain")
   assert abs(val_loss(0.4, 0.0, "late") - plain) > 1e-4

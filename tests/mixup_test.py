@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from fer_jax import losses, model_factory, models, train
-from train_test import tiny_config
+from train_test import tiny_run
 
 
 def _batch(seed: int, n: int = 8) -> dict[str, jnp.ndarray]:
@@ -82,10 +82,9 @@ def test_a_step_with_mixup_trains_on_the_blend_drawn_from_the_seed_and_step():
 def test_the_trainer_steps_with_the_configs_mixup(tmp_path, synthetic_tiny_dir):
   """Same seed and data: mixup changes the logged loss, unless it starts after the run (the step got both fields)."""
   def first_loss(alpha: float, from_epoch: float, name: str) -> float:
-    config = tiny_config(synthetic_tiny_dir)
-    config.num_train_steps = config.log_every_steps = config.eval_every_steps = config.checkpoint_every_steps = 1
-    config.mixup_alpha, config.mixup_from_epoch = alpha, from_epoch
-    return train.train_and_evaluate(config, str(tmp_path / name))["train_loss"]
+    one_step = dict(num_train_steps=1, log_every_steps=1, eval_every_steps=1, checkpoint_every_steps=1)
+    return tiny_run(synthetic_tiny_dir, str(tmp_path / name), **one_step, mixup_alpha=alpha,
+                    mixup_from_epoch=from_epoch)["train_loss"]
 
   plain = first_loss(0.0, 0.0, "plain")
   assert abs(first_loss(0.4, 0.0, "mixed") - plain) > 1e-3

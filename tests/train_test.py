@@ -37,6 +37,14 @@ def tiny_config(data_dir: str) -> ml_collections.ConfigDict:
   return config
 
 
+def tiny_run(data_dir: str, workdir: str, **fields) -> dict[str, float]:
+  """A real run of tiny_config(data_dir) with `fields` set; its last metrics."""
+  config = tiny_config(data_dir)
+  for name, value in fields.items():
+    config[name] = value
+  return train.train_and_evaluate(config, workdir)
+
+
 @pytest.fixture
 def data_dir(synthetic_tiny_dir: str) -> str:
   return synthetic_tiny_dir
