@@ -209,6 +209,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m("trainer_ignores_late_ema", "the trainer's step keeps ema_decay throughout, whatever late_ema_decay says",
        "fer_jax/train.py", "late_ema=(config.late_ema_decay, int(config.late_ema_from_epoch * self.steps_per_epoch)),",
        "late_ema=(0.0, 0),", "tests/ema_test.py::test_the_trainer_averages_with_the_configs_late_decay"),
+    _m("onednn_weights_unaligned", "oneDNN's weight buffers start where numpy's malloc puts them",
+       "fer_jax/kernels/onednn_conv.py", "start = -raw.ctypes.data % _ALIGNMENT", "start = 0",
+       "tests/onednn_conv_test.py::test_weight_buffers_start_on_a_cache_line"),
 )
 
 

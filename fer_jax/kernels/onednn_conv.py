@@ -37,6 +37,9 @@ _QUERY_IMPL_INFO_STR, _QUERY_WEIGHTS_MD, _QUERY_DIFF_WEIGHTS_MD = 8, 131, 132
 _DATA_TYPES = {"float32": _F32, "bfloat16": _BF16}
 
 _Dims = ctypes.c_int64 * 12
+# Weight buffers start on a cache line, as oneDNN's own allocations do. numpy's start 16 bytes past one (glibc
+# malloc), and AMX tile loads across cache lines then ran the bfloat16 kernels 2-3x slower (docs/BENCHMARKS.md).
+_ALIGNMENT = 64
 
 
 class OneDnnUnavailable(RuntimeError):
@@ -78,7 +81,11 @@ class _Library:
     return ctypes.c_void_p(self.lib.dnnl_primitive_desc_query_md(primitive_desc, what, 0))
 
   def buffer(self, desc: ctypes.c_void_p) -> np.ndarray:
-    return np.empty(self.lib.dnnl_memory_desc_get_size(desc), np.uint8)
+    """Room for `desc`, starting at a multiple of _ALIGNMENT bytes."""
+    size = self.lib.dnnl_memory_desc_get_size(desc)
+    raw = np.empty(size + _ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % _ALIGNMENT
+    return raw[start:start + size]  # A view: it keeps `raw` alive.
 
   def implementation(self, primitive_desc: ctypes.c_void_p) -> str:
     """oneDNN's name for the kernel a primitive descriptor runs, e.g. `brg:avx512_core_bf16` (or `ref:any`)."""
