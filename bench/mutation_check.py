@@ -55,6 +55,7 @@ def _m(name: str, what: str, file: str, old: str, new: str, *tests: str) -> Muta
 LEARNING = "tests/learning_test.py::test_a_short_run_lowers_the_loss_and_beats_chance_on_validation"
 CONFUSION = "tests/evaluation_test.py::test_eval_step_confusion_rows_are_true_labels_and_columns_predictions"
 VIEWS = "tests/evaluation_test.py::test_views"
+FUSED_RELU = "tests/bf16_conv_test.py::test_fused_relu_equals_nn_relu_after_the_convolution"
 HANDLER = ("tests/preemption_test.py::"
            "test_the_handler_is_installed_in_the_main_thread_only_and_the_previous_one_comes_back")
 SECOND_SIGTERM = ("tests/preemption_test.py::"
@@ -212,6 +213,16 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m("onednn_weights_unaligned", "oneDNN's weight buffers start where numpy's malloc puts them",
        "fer_jax/kernels/onednn_conv.py", "start = -raw.ctypes.data % _ALIGNMENT", "start = 0",
        "tests/onednn_conv_test.py::test_weight_buffers_start_on_a_cache_line"),
+    _m("fused_relu_post_op_dropped", "the fused convolution returns conv + bias, the ReLU left out",
+       "fer_jax/kernels/onednn_conv.py", "lib.relu_attribute() if relu else None", "None",
+       FUSED_RELU),
+    _m("fused_relu_gradient_unmasked", "the fused convolution's gradient ignores where the ReLU was 0",
+       "fer_jax/kernels/onednn_conv.py", "dy = jnp.where(y > 0, dy, jnp.zeros((), dy.dtype))", "pass",
+       FUSED_RELU),
+    _m("vgg_ignores_conv_relu", "the VGG runs conv then nn.relu whatever kernel fuses the two",
+       "fer_jax/models.py", "x = conv(self.conv_relu)(x) if self.conv_relu is not None else",
+       "x = conv(self.conv_relu)(x) if False else",
+       "tests/bf16_conv_test.py::test_vgg_cpu_train_step_in_bfloat16_matches_float32"),
 )
 
 

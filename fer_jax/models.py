@@ -2,7 +2,8 @@
 
 All models map images [N, H, W, C] in [0, 1] (or standardized) to float32 logits [N, num_classes]; `dtype` is
 the compute dtype, parameters stay float32. `conv` and `pool` default to flax's: model_factory.py swaps in
-fer_jax.kernels' faster CPU versions for training (same parameters). Dropout is fer_jax.kernels.dropout's:
+fer_jax.kernels' faster CPU versions for training (same parameters), and VGG's `conv_relu` for a convolution
+that applies the ReLU itself (oneDNN's bfloat16 kernels fuse it). Dropout is fer_jax.kernels.dropout's:
 nn.Dropout's distribution from fewer random bits.
 """
 
@@ -74,6 +75,7 @@ class VGG(nn.Module):
   ceil_pool: bool = False     # True: an odd map's last row and column are pooled too (5x5 -> 3x3, not 2x2).
   dtype: Dtype = jnp.float32
   conv: ModuleDef = nn.Conv
+  conv_relu: ModuleDef | None = None  # Without batch norm: a conv that applies the ReLU too (same parameters)
   pool: PoolFn = max_pool_2x2
 
   @nn.compact
@@ -82,8 +84,11 @@ class VGG(nn.Module):
     norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)
     for features in self.stage_features:
       for _ in range(self.convs_per_stage):
-        x = self.conv(features, (3, 3), padding="SAME", use_bias=not self.batch_norm, dtype=self.dtype)(x)
-        x = nn.relu(norm()(x) if self.batch_norm else x)
+        conv = lambda module: module(features, (3, 3), padding="SAME", use_bias=not self.batch_norm, dtype=self.dtype)
+        if self.batch_norm:
+          x = nn.relu(norm()(conv(self.conv)(x)))
+        else:
+          x = conv(self.conv_relu)(x) if self.conv_relu is not None else nn.relu(conv(self.conv)(x))
       x = self.pool(pad_to_even(x) if self.ceil_pool else x)
     x = x.reshape((x.shape[0], -1))
     for features in self.dense_features:

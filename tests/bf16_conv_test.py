@@ -11,6 +11,7 @@ import functools
 
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -74,6 +75,41 @@ def test_bias_gradient_over_many_pixels_is_summed_in_float32():
   np.testing.assert_allclose(grad["bias"], 128 * 48 * 48, rtol=1e-6)  # d(sum y)/d(bias) = number of pixels
 
 
+@needs_bf16
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_fused_relu_equals_nn_relu_after_the_convolution(use_bias):
+  """relu=True (oneDNN's post-op; the gradient masked where the output is 0) is nn.relu of the unfused Conv."""
+  kx, kp, kb, kd = jax.random.split(jax.random.key(4), 4)
+  x = jax.random.normal(kx, (4, 12, 12, 8))
+  fused = bf16_conv.Conv(16, (3, 3), padding="SAME", use_bias=use_bias, dtype=jnp.bfloat16, relu=True)
+  plain = bf16_conv.Conv(16, (3, 3), padding="SAME", use_bias=use_bias, dtype=jnp.bfloat16)
+  params = plain.init(kp, x)["params"]
+  if use_bias:
+    params["bias"] = jax.random.normal(kb, params["bias"].shape)
+  apply_fused = lambda params, x: fused.apply({"params": params}, x)
+  apply_plain = lambda params, x: nn.relu(plain.apply({"params": params}, x))
+  jaxpr = str(jax.make_jaxpr(apply_fused)(params, x))
+  assert "fer_onednn_conv_forward" in jaxpr and "relu" not in jaxpr.replace("relu=True", "")
+  y, y_ref = jax.jit(apply_fused)(params, x), jax.jit(apply_plain)(params, x)
+  assert 0.3 < float(jnp.mean(y_ref == 0)) < 0.7  # the ReLU zeroes about half of the outputs
+  np.testing.assert_array_equal(y, y_ref)
+  dy = jax.random.normal(kd, y.shape)
+  loss = lambda apply: (lambda params, x: jnp.sum(apply(params, x).astype(jnp.float32) * dy))
+  grads = jax.jit(jax.grad(loss(apply_fused), argnums=(0, 1)))(params, x)
+  grads_ref = jax.jit(jax.grad(loss(apply_plain), argnums=(0, 1)))(params, x)
+  jax.tree.map(np.testing.assert_array_equal, grads, grads_ref)
+
+
+def _count_relus(jaxpr) -> int:
+  """ReLUs on 4-D activations (a `max` with the constant 0) in a jaxpr, nested ones included."""
+  count = 0
+  for eqn in jaxpr.eqns:
+    count += (eqn.primitive.name == "max" and eqn.outvars[0].aval.ndim == 4
+              and any(isinstance(v, jax.extend.core.Literal) for v in eqn.invars))
+    count += sum(_count_relus(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params))
+  return count
+
+
 def _vgg_cpu_config(dtype):
   config = config_schema.base_config()
   config.model = "vgg"
@@ -109,6 +145,9 @@ def test_vgg_cpu_train_step_in_bfloat16_matches_float32():
   model = model_factory.create_model(config32, 7)
   params = model.init(jax.random.key(3), jnp.zeros((1, 48, 48, 1)))["params"]
   model16 = model_factory.create_model(config16, 7, bf16_kernels)
+  relus = lambda model: _count_relus(jax.make_jaxpr(functools.partial(model.apply, train=False))(
+      {"params": params}, jnp.zeros((2, 48, 48, 1))).jaxpr)
+  assert (relus(model), relus(model16)) == (8, 0)  # The eight convolutions' ReLUs run inside oneDNN's kernels
   params16 = model16.init(jax.random.key(3), jnp.zeros((1, 48, 48, 1)))["params"]
   assert jax.tree.map(lambda p: (p.shape, p.dtype), params16) == jax.tree.map(lambda p: (p.shape, p.dtype), params)
   rng = np.random.default_rng(0)

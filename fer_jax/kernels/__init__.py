@@ -1,7 +1,7 @@
 """CPU speed-ups for the training step, each computing what flax/XLA computes to float32 rounding.
 
 Convolutions on oneDNN (onednn_conv.py; in bfloat16 with config.dtype="bfloat16" where the CPU has bfloat16 dot
-products, bf16_conv.py) or as matrix products (im2col_conv.py), a 2x2 max-pool with a cheap gradient, dropout
+products, bf16_conv.py, which also applies the ReLU after a convolution inside oneDNN's kernel) or as matrix products (im2col_conv.py), a 2x2 max-pool with a cheap gradient, dropout
 masks from fewer random bits, and malloc kept from unmapping (host_allocator.py).
 `select(config)` says which a run uses and why; evaluation, prediction and export use flax's defaults, so
 exported models hold no custom call. docs/BENCHMARKS.md ("What each step gained") has the measurements.
@@ -25,9 +25,11 @@ class Kernels:
   conv: Any  # a flax Conv module class (nn.Conv, or a partial of it with a custom convolution)
   pool: Callable[[jax.Array], jax.Array] | None  # 2x2 max-pool; None = the model's default
   reason: str
+  conv_relu: Any = None  # a Conv module class that applies a ReLU to its output too; None: conv, then nn.relu
 
   def model_kwargs(self) -> dict[str, Any]:
-    return {"conv": self.conv} | ({"pool": self.pool} if self.pool is not None else {})
+    optional = {"pool": self.pool, "conv_relu": self.conv_relu}
+    return {"conv": self.conv} | {name: value for name, value in optional.items() if value is not None}
 
 
 DEFAULTS = Kernels(conv=nn.Conv, pool=None, reason="flax's nn.Conv and nn.max_pool (XLA's own)")
@@ -49,7 +51,8 @@ def select(config: Any, platform: str | None = None) -> Kernels:
     return dataclasses.replace(selected, reason=f"{selected.reason}; in float32 for config.dtype=bfloat16: {why_not}")
   names = ", ".join(sorted(set(bf16_conv.implementations((8, 12, 12, 16), (3, 3, 16, 16)))))
   return Kernels(conv=bf16_conv.Conv, pool=pooling.max_pool_2x2,
-                 reason=f"{bf16_conv.__name__}.Conv in bfloat16 on oneDNN's {names} (this CPU has "
+                 conv_relu=functools.partial(bf16_conv.Conv, relu=True),
+                 reason=f"{bf16_conv.__name__}.Conv in bfloat16 on oneDNN's {names}, ReLUs fused (this CPU has "
                         f"{bf16_conv.cpu_bf16_flag()}): config.dtype=bfloat16; otherwise {selected.reason}")
 
 

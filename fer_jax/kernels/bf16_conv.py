@@ -7,6 +7,8 @@ evaluation's nn.Conv agree) with activations in bfloat16 and the bias fused into
   - the kernel and bias gradients come back in float32 (oneDNN sums them in float32), as the float32 master
     weights want them. Flax's own bfloat16 route sums the bias gradient in bfloat16 through XLA, which loses
     it: over 128x48x48 pixels the sum stalls once it outgrows bfloat16's 8 mantissa bits (tests/bf16_conv_test.py).
+  - with `relu=True` the ReLU is a post-op of oneDNN's forward kernel, applied as the output is written: no
+    pass of XLA's over the activations (each costs about as much as a small convolution here).
 Other convolutions (strides, padding as wide as the kernel) go to onednn_conv.conv_general_dilated.
 """
 
@@ -64,6 +66,7 @@ class Conv(nn.Conv):
   oneDNN's bfloat16 kernels; others on onednn_conv.conv_general_dilated (float32 oneDNN where it can, else
   im2col or lax), the bias added in `dtype` and its gradient summed in float32.
   """
+  relu: bool = False  # Return relu(conv): fused into oneDNN's kernel, else nn.relu after it
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -81,9 +84,10 @@ class Conv(nn.Conv):
                                          None, None, _NHWC, 1, 1, None)
     if (pads is not None and onednn_conv.pads_within_kernel(pads, self.kernel_size) and x.dtype == jnp.bfloat16
         and kernel.dtype == jnp.float32 and (bias is None or bias.dtype == jnp.float32)):
-      return onednn_conv._conv(x, kernel, bias, pads)
+      return onednn_conv._conv(x, kernel, bias, pads, self.relu)
     y = onednn_conv.conv_general_dilated(x, kernel.astype(x.dtype), strides, self.padding, dimension_numbers=_NHWC)
-    return y if bias is None else _add_bias(y, bias)
+    y = y if bias is None else _add_bias(y, bias)
+    return nn.relu(y) if self.relu else y
 
 
 @jax.custom_vjp

@@ -4,7 +4,8 @@ Python builds oneDNN's primitives once per shape through its C API (ctypes); XLA
 `custom_vjp` as FFI custom calls (onednn_ffi.c, compiled on first use) on its own NHWC buffers. Results agree
 with lax to float32 rounding (tests/onednn_conv_test.py). Covered: 2-D NHWC/HWIO, stride 1, no dilation or
 groups, padding narrower than the kernel; the rest goes to im2col_conv. `_conv` also takes bfloat16 activations
-with a fused float32 bias (bf16_conv.py's route). Without the library or a C compiler `available()` is False.
+with a fused float32 bias and, optionally, a fused ReLU (bf16_conv.py's route). Without the library or a C
+compiler `available()` is False.
 Calls are serialised and GOMP_SPINCOUNT lowered so libgomp's threads leave XLA's the cores: docs/BENCHMARKS.md
 ("What each step gained", 5) has the why and the measurements.
 """
@@ -32,7 +33,7 @@ _LIBRARY = "libdnnl.so.3"
 # Constants of oneDNN 3.x's C API (oneapi/dnnl/dnnl_types.h).
 _BF16, _F32 = 2, 3
 _TAG_ANY, _TAG_A, _TAG_NHWC, _TAG_HWIO = 1, 2, 22, 28
-_FORWARD_TRAINING, _CONVOLUTION_DIRECT, _CPU_ENGINE, _DEFAULT_STREAM = 64, 1, 1, 1
+_FORWARD_TRAINING, _CONVOLUTION_DIRECT, _ELTWISE_RELU, _CPU_ENGINE, _DEFAULT_STREAM = 64, 1, 0x20, 1, 1
 _QUERY_IMPL_INFO_STR, _QUERY_WEIGHTS_MD, _QUERY_DIFF_WEIGHTS_MD = 8, 131, 132
 _DATA_TYPES = {"float32": _F32, "bfloat16": _BF16}
 
@@ -86,6 +87,15 @@ class _Library:
     raw = np.empty(size + _ALIGNMENT, np.uint8)
     start = -raw.ctypes.data % _ALIGNMENT
     return raw[start:start + size]  # A view: it keeps `raw` alive.
+
+  def relu_attribute(self) -> ctypes.c_void_p:
+    """Primitive attributes with one post-op: ReLU on the output, applied as the kernel writes it."""
+    post_ops = self.create("dnnl_post_ops_create")
+    status = self.lib.dnnl_post_ops_append_eltwise(post_ops, _ELTWISE_RELU, ctypes.c_float(0), ctypes.c_float(0))
+    attribute = self.create("dnnl_primitive_attr_create")
+    if status != 0 or self.lib.dnnl_primitive_attr_set_post_ops(attribute, post_ops) != 0:
+      raise RuntimeError("oneDNN refused a ReLU post-op (dnnl_post_ops_append_eltwise / _attr_set_post_ops).")
+    return attribute  # The post-ops are copied into it; both stay allocated, as plans live for the process.
 
   def implementation(self, primitive_desc: ctypes.c_void_p) -> str:
     """oneDNN's name for the kernel a primitive descriptor runs, e.g. `brg:avx512_core_bf16` (or `ref:any`)."""
@@ -143,10 +153,11 @@ class _Plan:
   in XLA's buffers whatever it is. For bfloat16 the weight reorders convert to and from bfloat16 on the way
   into oneDNN's layout, and oneDNN accumulates in float32 and writes the weight and bias gradients in float32.
   With `bias`, the forward adds it and the weight-gradient pass also returns its gradient (summed in float32).
+  With `relu`, the forward applies a ReLU to its output (a post-op); the gradient passes take dy already masked.
   """
 
   def __init__(self, in_shape: tuple[int, ...], kernel_shape: tuple[int, ...], pads: im2col_conv.Pads,
-               dtype: str = "float32", bias: bool = False):
+               dtype: str = "float32", bias: bool = False, relu: bool = False):
     lib = prepare()
     (n, h, w, cin), (kh, kw, _, cout) = in_shape, kernel_shape
     data_type = _DATA_TYPES[dtype]
@@ -160,7 +171,8 @@ class _Plan:
     geometry = (_Dims(1, 1), _Dims(0, 0), _Dims(pads[0][0], pads[1][0]), _Dims(pads[0][1], pads[1][1]))
     what = f" for {dtype} input {in_shape}, kernel {kernel_shape}"
     forward = lib.create("dnnl_convolution_forward_primitive_desc_create", lib.engine, _FORWARD_TRAINING,
-                         _CONVOLUTION_DIRECT, src, blocked, bias_md, dst, *geometry, None, what=what)
+                         _CONVOLUTION_DIRECT, src, blocked, bias_md, dst, *geometry,
+                         lib.relu_attribute() if relu else None, what=what)
     backward_data = lib.create("dnnl_convolution_backward_data_primitive_desc_create", lib.engine,
                                _CONVOLUTION_DIRECT, src, blocked, dst, *geometry, forward, None, what=what)
     backward_weights = lib.create("dnnl_convolution_backward_weights_primitive_desc_create", lib.engine,
@@ -181,7 +193,7 @@ class _Plan:
     self.address = np.int64(ctypes.addressof(self.c_plan))  # Passed to the FFI handlers as an attribute.
 
 
-_plan = functools.cache(_Plan)  # One plan per shape, padding, dtype and bias, kept for the process's life.
+_plan = functools.cache(_Plan)  # One plan per shape, padding, dtype, bias and ReLU, kept for the process's life.
 
 
 _TARGETS = ("fer_onednn_conv_forward", "fer_onednn_conv_grads", "fer_onednn_conv_kernel_grad")
@@ -234,28 +246,32 @@ def _call(target: str, plan: _Plan, results: Any, *args: jax.Array) -> Any:
   return jax.ffi.ffi_call(target, results)(*args, plan=plan.address)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, pads: im2col_conv.Pads) -> jax.Array:
-  """x (float32 or bfloat16) conv kernel (float32) + bias (float32 or None): x's dtype out."""
-  plan = _plan(x.shape, kernel.shape, pads, x.dtype.name, bias is not None)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, pads: im2col_conv.Pads,
+          relu: bool = False) -> jax.Array:
+  """x (float32 or bfloat16) conv kernel (float32) + bias (float32 or None), then ReLU if `relu`: x's dtype out."""
+  plan = _plan(x.shape, kernel.shape, pads, x.dtype.name, bias is not None, relu)
   operands = (x, kernel) if bias is None else (x, kernel, bias)
   return _call("fer_onednn_conv_forward", plan, jax.ShapeDtypeStruct(plan.out_shape, x.dtype), *operands)
 
 
-def _conv_fwd(x, kernel, bias, pads):
+def _conv_fwd(x, kernel, bias, pads, relu):
   # symbolic_zeros=True (below) tells which inputs need a gradient: the first layer's images do not,
   # and their gradient would cost more than that layer's other two passes together.
   needs_dx = () if x.perturbed else None  # A residual's tree structure can carry a flag.
   x, kernel, bias = x.value, kernel.value, None if bias is None else bias.value
-  return _conv(x, kernel, bias, pads), (x, kernel, bias, needs_dx)
+  y = _conv(x, kernel, bias, pads, relu)
+  return y, (x, kernel, bias, needs_dx, y if relu else None)
 
 
-def _conv_bwd(pads, residuals, dy):
-  x, kernel, bias, needs_dx = residuals
+def _conv_bwd(pads, relu, residuals, dy):
+  x, kernel, bias, needs_dx, y = residuals
   zero_bias = None if bias is None else jnp.zeros_like(bias)
   if isinstance(dy, jax.custom_derivatives.SymbolicZero):
     return jnp.zeros_like(x), jnp.zeros_like(kernel), zero_bias
-  plan = _plan(x.shape, kernel.shape, pads, x.dtype.name, bias is not None)
+  if relu:  # relu's gradient, where XLA can fuse it with dy's producer (e.g. the pooling's gradient)
+    dy = jnp.where(y > 0, dy, jnp.zeros((), dy.dtype))
+  plan = _plan(x.shape, kernel.shape, pads, x.dtype.name, bias is not None, relu)
   param_grads = (jax.ShapeDtypeStruct(kernel.shape, jnp.float32),) + (
       () if bias is None else (jax.ShapeDtypeStruct(bias.shape, jnp.float32),))
   if needs_dx is None:
@@ -293,7 +309,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                                        dimension_numbers, feature_group_count, batch_group_count,
                                        preferred_element_type)
   if pads is not None and pads_within_kernel(pads, rhs.shape[:2]) and lhs.dtype in (jnp.float32, jnp.bfloat16):
-    return _conv(lhs.astype(jnp.float32), rhs.astype(jnp.float32), None, pads).astype(lhs.dtype)
+    return _conv(lhs.astype(jnp.float32), rhs.astype(jnp.float32), None, pads, False).astype(lhs.dtype)
   return im2col_conv.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                           dimension_numbers, feature_group_count, batch_group_count, precision,
                                           preferred_element_type)
