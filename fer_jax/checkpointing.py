@@ -86,14 +86,18 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator: g
 
 
 def seal_if_finalized(workdir: str, step: int) -> int | None:
-  """Seals `step` (and older unsealed steps) once orbax has renamed it into place; `step` until then, then None.
+  """Seals `step` once orbax has renamed it into place; returns `step` until then, then None.
 
   Orbax's post-finalization callback runs before that rename, so it only seals older steps: without this, a
   run killed between two saves left its newest step, the one a resume reads, without checksums.
+  Only `step`: right after the rename orbax's thread deletes the steps the retention policy drops, and sealing
+  one of those from here wrote a checksums.json into it mid-deletion (its rmtree failed, the run stopped).
   """
-  if not os.path.isdir(step_dir(workdir, step)):
+  directory = step_dir(workdir, step)
+  if not os.path.isdir(directory):
     return step
-  checkpoint_checksums.seal_finalized(checkpoint_dir(workdir))
+  if not checkpoint_checksums.is_sealed(directory):
+    checkpoint_checksums.seal(directory)
   return None
 
 

@@ -308,6 +308,22 @@ def test_a_run_killed_between_saves_leaves_its_newest_step_sealed(tmp_path, synt
   assert checkpoint_checksums.verify(str(workdir / "checkpoints" / "20")) is not None
 
 
+def test_sealing_the_newest_step_leaves_a_step_being_deleted_alone(tmp_path):
+  """Right after renaming a new step into place, orbax's thread deletes the steps its retention policy drops.
+
+  A step half deleted (its checksums.json already gone) must not be sealed from the trainer's thread: writing
+  into it made orbax's rmtree fail ("Directory not empty") and stopped a 37-minute run at epoch 64.
+  """
+  old, new = tmp_path / "checkpoints" / "896", tmp_path / "checkpoints" / "1792"
+  for step in (old, new):
+    (step / "state").mkdir(parents=True)
+    (step / "state" / "array").write_bytes(b"weights")
+  assert checkpointing.seal_if_finalized(str(tmp_path), 2688) == 2688  # not renamed into place yet
+  assert checkpointing.seal_if_finalized(str(tmp_path), 1792) is None
+  assert checkpoint_checksums.verify(str(new)) is not None
+  assert sorted(p.name for p in old.iterdir()) == ["state"]
+
+
 def test_resume_with_every_step_damaged_stops_with_one_line(run_copy, tmp_path, synthetic_tiny_dir):
   from preemption_test import write_config  # pylint: disable=g-import-not-at-top
 
