@@ -1,8 +1,9 @@
 """CPU speed-ups for the training step, each computing what flax/XLA computes to float32 rounding.
 
 Convolutions on oneDNN (onednn_conv.py; in bfloat16 with config.dtype="bfloat16" where the CPU has bfloat16 dot
-products, bf16_conv.py, which also applies the ReLU after a convolution inside oneDNN's kernel) or as matrix products (im2col_conv.py), a 2x2 max-pool with a cheap gradient, dropout
-masks from fewer random bits, and malloc kept from unmapping (host_allocator.py).
+products, bf16_conv.py, which also runs a following ReLU inside oneDNN's kernel) or as matrix products
+(im2col_conv.py), a 2x2 max-pool with a cheap gradient, dropout masks from fewer random bits, and malloc kept
+from unmapping (host_allocator.py).
 `select(config)` says which a run uses and why; evaluation, prediction and export use flax's defaults, so
 exported models hold no custom call. docs/BENCHMARKS.md ("What each step gained") has the measurements.
 """
