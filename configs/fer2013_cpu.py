@@ -16,10 +16,10 @@ Measured (docs/BENCHMARKS.md), 2 Zen 4 cores (AMD EPYC family 25 model 17), ten-
 checkpoint of a run identical to here). With decay 0.999 throughout: 68% at 40.6, 70% at 66.1,
 70.47% at best (74.6). The whole-face recipe before it (86 epochs): 68% at 47.8, 70.1% at the end (84.6) with
 flip TTA; 69.1% without.
-On 2 cores of an Intel Xeon with AMX (family 6 model 167; ~1,430 images/s), same seed: 68% at 21.4,
+On 2 cores of an Intel Xeon with AMX (family 6 model 167; ~1,450 images/s), same seed: 68% at 21.4,
 69.80% at best (36.7), 40 minutes in all (before oneDNN's weights were aligned and the ReLUs fused, the same
-accuracies at 1,200 images/s: 68% at 26.7, 49 minutes); seed 1: 69.99% at best. One run moves by
-0.6-0.8 points with the seed or the kernels, so 70.5% is not a reproducible figure.
+accuracies at 1,200 images/s: 68% at 26.7, 49 minutes); seed 1: 68% at 22.1, 69.99% at best, 37.9 minutes.
+One run moves by 0.6-0.8 points with the seed or the kernels, so 70.5% is not a reproducible figure.
 Build the data first: `python -m fer_jax.data build fer2013 --manual_dir DIR`.
 """
 
