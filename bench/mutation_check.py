@@ -225,8 +225,7 @@ MUTATIONS: tuple[Mutation, ...] = (
        "fer_jax/kernels/onednn_conv.py", "dy = jnp.where(y > 0, dy, jnp.zeros((), dy.dtype))", "pass",
        FUSED_RELU),
     _m("vgg_ignores_conv_relu", "the VGG runs conv then nn.relu whatever kernel fuses the two",
-       "fer_jax/models.py", "x = conv(self.conv_relu)(x) if self.conv_relu is not None else",
-       "x = conv(self.conv_relu)(x) if False else",
+       "fer_jax/models.py", "fused = self.conv_relu is not None and not self.batch_norm", "fused = False",
        "tests/bf16_conv_test.py::test_vgg_cpu_train_step_in_bfloat16_matches_float32"),
 )
 

@@ -84,11 +84,11 @@ class VGG(nn.Module):
     norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)
     for features in self.stage_features:
       for _ in range(self.convs_per_stage):
-        conv = lambda module: module(features, (3, 3), padding="SAME", use_bias=not self.batch_norm, dtype=self.dtype)
-        if self.batch_norm:
-          x = nn.relu(norm()(conv(self.conv)(x)))
-        else:
-          x = conv(self.conv_relu)(x) if self.conv_relu is not None else nn.relu(conv(self.conv)(x))
+        fused = self.conv_relu is not None and not self.batch_norm
+        conv = self.conv_relu if fused else self.conv
+        x = conv(features, (3, 3), padding="SAME", use_bias=not self.batch_norm, dtype=self.dtype)(x)
+        if not fused:
+          x = nn.relu(norm()(x) if self.batch_norm else x)
       x = self.pool(pad_to_even(x) if self.ceil_pool else x)
     x = x.reshape((x.shape[0], -1))
     for features in self.dense_features:
