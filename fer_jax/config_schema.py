@@ -96,7 +96,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.eval_every_steps = 500               # Validation inside the training job; also at each checkpoint.
   c.validation_view = "plain"            # What validation (and best-checkpoint choice) scores: plain, or a TTA view
-                                         # (flip, ten_crop) whose averaged softmax serving would then use too.
+                                         # (flip, ten_crop, multi_scale) whose averaged softmax serving would
+                                         # then use too.
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 2                 # Latest N kept ...
   c.keep_best_checkpoints = 1            # ... plus the best N by validation accuracy.
@@ -110,7 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
   # The separate evaluation job (--mode=eval).
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "validation"            # "test" only when asked for: select models on validation.
-  c.eval.tta = ""                        # Comma-separated extra views: flip, ten_crop.
+  c.eval.tta = ""                        # Comma-separated extra views: flip, ten_crop, multi_scale.
   c.eval.poll_every_s = 10.0
   c.eval.idle_timeout_s = 600.0          # Exit after this long with no new checkpoint.
   c.lock()  # A misspelt field in a config file raises instead of adding a new, unread one ...
@@ -182,8 +183,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
     _fail("validation_view", config.validation_view, "one of " + ", ".join(evaluation.VIEWS))
   for field, value, views in (("eval.tta", config.eval.tta, tta_views(config)),
                               ("validation_view", config.validation_view, [config.validation_view])):
-    if "ten_crop" in views and not config.data.augment.crop_size:
-      _fail(field, value, "ten_crop needs data.augment.crop_size > 0 (the crop the model was trained on)")
+    for view in set(views) & set(evaluation.CROP_VIEWS):
+      if not config.data.augment.crop_size:
+        _fail(field, value, f"{view} needs data.augment.crop_size > 0 (the crop the model was trained on)")
   for field in ("batch_size", "eval_batch_size", "learning_rate", "log_every_steps", "eval_every_steps",
                 "checkpoint_every_steps", "keep_checkpoints"):
     if not config[field] > 0:

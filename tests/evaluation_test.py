@@ -62,6 +62,31 @@ def test_views():
     np.testing.assert_array_equal(crops[5 + i], crop[:, :, ::-1], err_msg=f"mirrored crop {i}")
 
 
+def test_multi_scale_is_ten_crops_of_the_face_shrunk_as_is_and_enlarged():
+  # A horizontal ramp, pixel value = column: bilinear resizing to side n keeps it a ramp of slope about 12 / n
+  # away from the borders (exactly when enlarging; within 2% when shrinking, where the antialiasing kernel is
+  # sampled off-centre), so each centre crop's mean slope says which size it was cut from.
+  ramp = jnp.broadcast_to(jnp.arange(12, dtype=jnp.float32)[None, None, :, None], (2, 12, 12, 1))
+  views = evaluation.multi_scale_view(ramp, 8)
+  assert len(views) == 30 and all(v.shape == (2, 8, 8, 1) for v in views)
+  for i, crop in enumerate(evaluation.ten_crop_view(ramp, 8)):  # the middle ten: the face as it is
+    np.testing.assert_array_equal(views[10 + i], crop, err_msg=f"view {10 + i}")
+  for first, side in ((0, 10), (10, 12), (20, 14)):  # shrunk by the crop margin's half, as is, enlarged
+    centre, mirrored = views[first + 4], views[first + 9]
+    row = np.asarray(centre)[0, 3, :, 0]
+    np.testing.assert_allclose((row[-1] - row[0]) / 7, 12 / side, rtol=0.02,
+                               err_msg=f"centre crop of views {first}-{first + 9}")
+    np.testing.assert_array_equal(mirrored, centre[:, :, ::-1])
+
+
+def test_resize_is_jax_image_resize():
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(3, 12, 10, 2)).astype(np.float32))
+  for height, width in ((10, 8), (14, 12), (9, 13)):  # shrink (antialiased), enlarge, both
+    np.testing.assert_allclose(evaluation.resize(images, height, width),
+                               jax.image.resize(images, (3, height, width, 2), "bilinear"), atol=2e-5,
+                               err_msg=f"{height}x{width}")
+
+
 def test_report_files(tmp_path):
   confusion = np.eye(7, dtype=int) * 3
   names = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]

@@ -7,10 +7,13 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fer_jax.serving import export, inference, predict
+from fer_jax.serving import classifier, export, inference, predict
 
 pytest.importorskip("flatbuffers", reason="jax.export serialization needs the 'flatbuffers' package")
 
@@ -25,6 +28,33 @@ def artifact(loaded, tmp_path_factory) -> str:
 
 def faces(n: int, seed: int = 0) -> np.ndarray:
   return np.random.default_rng(seed).integers(0, 256, (n, 48, 48, 1), dtype=np.uint8)
+
+
+class FlatLinear(nn.Module):
+  """The smallest model of crops: one dense layer on the flattened pixels."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    return nn.Dense(7)(x.reshape(x.shape[0], -1))
+
+
+def crop_model(crop_size: int = 40) -> inference.LoadedModel:
+  """A LoadedModel trained (here: initialised) on 40x40 crops of 48x48 faces, as the CPU recipe's."""
+  model = FlatLinear()
+  variables = model.init(jax.random.key(0), jnp.zeros((1, crop_size, crop_size, 1)))
+  prep = classifier.Preprocessing(class_names=tuple("abcdefg"), image_shape=(48, 48, 1), crop_size=crop_size,
+                                  normalization="standardize", mean=(0.5,), std=(0.25,))
+  card = {"config": {"model": "flat_linear", "dtype": "float32"}, "dataset": "synthetic"}
+  return inference.LoadedModel(model, variables, prep, card, checkpoint="none", step=0)
+
+
+def test_multi_scale_exports_with_any_batch_size(tmp_path):
+  loaded = crop_model()
+  path = export.export_model(loaded, str(tmp_path / "ms.fer"), tta="multi_scale", platforms=["cpu"])
+  model = export.load(path)
+  for n in (1, 6):
+    np.testing.assert_allclose(model(faces(n, seed=n)), loaded.classifier(tta="multi_scale")(faces(n, seed=n)),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_round_trip_equals_the_checkpoint(loaded, artifact):

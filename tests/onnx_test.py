@@ -36,6 +36,14 @@ def test_onnxruntime_matches_the_checkpoint(loaded, onnx_file):
     np.testing.assert_allclose(model(faces), reference(faces), rtol=1e-5, atol=1e-6)
 
 
+def test_multi_scale_converts_to_onnx(tmp_path):
+  from export_test import crop_model, faces  # pylint: disable=g-import-not-at-top
+
+  loaded = crop_model()
+  model = onnx_model.load(onnx_model.export(loaded, str(tmp_path / "ms.onnx"), tta="multi_scale"))
+  np.testing.assert_allclose(model(faces(5)), loaded.classifier(tta="multi_scale")(faces(5)), rtol=1e-5, atol=1e-6)
+
+
 def test_not_an_onnx_file_is_one_error_line(tmp_path, folder, capsys):
   (tmp_path / "bad.onnx").write_bytes(b"not a model")
   assert predict.main(["--exported", str(tmp_path / "bad.onnx"), str(folder / "face.png")]) == 2

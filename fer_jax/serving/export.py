@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--output", required=True, help="artifact to write: a directory such as model.fer, or model.onnx")
   p.add_argument("--format", choices=("jax", "onnx"), default="jax",
                  help="jax: a jax.export artifact (jax runs it); onnx: an ONNX file (onnxruntime alone runs it)")
-  p.add_argument("--tta", choices=("none", "flip", "ten_crop"), default="none", help="baked into the function")
+  p.add_argument("--tta", choices=("none", "flip", "ten_crop", "multi_scale"), default="none",
+                 help="baked into the function")
   p.add_argument("--margin", type=float, help="face box margin recorded for detection (default: the dataset's)")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype instead of the config's")
   p.add_argument("--platforms", default=",".join(DEFAULT_PLATFORMS), help="comma-separated: cpu,cuda,tpu")

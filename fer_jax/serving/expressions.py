@@ -62,8 +62,8 @@ class ExpressionDetector:
   Model (at most one; default the bundled fer2013_cpu): `pretrained` (a bundled model's name), `workdir` (a
   training run's latest checkpoint, or `step`), `checkpoint` (one step directory) or `exported` (a .fer or .onnx
   artifact of fer_jax.export). `detector`: "yunet" (default; Haar with a warning where its package is missing)
-  or "haar". `tta`: "none", "flip" or "ten_crop", as predict's --tta. `margin`, `batch_size`, `kernels`,
-  `min_score` and `detect_size` are predict's options of the same names.
+  or "haar". `tta`: "none", "flip", "ten_crop" or "multi_scale", as predict's --tta. `margin`, `batch_size`,
+  `kernels`, `min_score` and `detect_size` are predict's options of the same names.
   """
 
   def __init__(self, *, pretrained: str | None = None, workdir: str | None = None, checkpoint: str | None = None,

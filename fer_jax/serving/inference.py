@@ -34,8 +34,8 @@ def probabilities_fn(apply_fn: Callable, prep: Preprocessing, tta: str = "none"
   """
   if tta not in TTA_CHOICES:
     raise ValueError(f"tta={tta!r} is not one of {', '.join(TTA_CHOICES)}.")
-  if tta == "ten_crop" and not prep.crop_size:
-    raise ValueError("tta='ten_crop' needs a model trained on crops (model.json crop_size > 0); use 'flip'.")
+  if tta in evaluation.CROP_VIEWS and not prep.crop_size:
+    raise ValueError(f"tta={tta!r} needs a model trained on crops (model.json crop_size > 0); use 'flip'.")
   view = evaluation.VIEWS["plain" if tta == "none" else tta]
   mean = None if prep.mean is None else np.asarray(prep.mean, np.float32)
   inv_std = None if prep.std is None else (1.0 / np.asarray(prep.std, np.float32)).astype(np.float32)
@@ -69,7 +69,7 @@ class LoadedModel:
   step: int | None
 
   def classifier(self, *, batch_size: int = 32, tta: str = "none", kernels: str = "auto") -> FaceClassifier:
-    """A FaceClassifier of this model; tta: none, flip or ten_crop (crop-trained models only).
+    """A FaceClassifier of this model; tta: none, flip, or ten_crop or multi_scale (crop-trained models only).
 
     kernels (KERNEL_CHOICES): "auto" runs the convolutions on oneDNN where it loads (a float32 model on a CPU:
     faster than XLA:CPU's, same results to float32 rounding; docs/BENCHMARKS.md, "Batch prediction"), else XLA's.

@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--no-detect", "--no_detect", dest="no_detect", action="store_true",
                  help="each image or frame is already one face crop: no detection")
   p.add_argument("--tta", default="none", help="test-time augmentation, as the evaluation job's views: none, "
-                 "flip (the mean softmax of the face and its mirror image) or ten_crop (models trained on crops)")
+                 "flip (the mean softmax of the face and its mirror image), or for models trained on crops "
+                 "ten_crop (corners and centre, each mirrored) or multi_scale (ten crops at three sizes)")
   p.add_argument("--batch_size", type=int, default=32, help="most faces per compiled call (a power of two)")
   p.add_argument("--margin", type=float, help="fraction of the detected box added on each side "
                  "(default: what reproduces the training crops, see docs/PREDICTION.md)")
