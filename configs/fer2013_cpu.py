@@ -13,7 +13,7 @@ inputs, geometric augmentation, flips and random erasing, and a moving average o
 (decay 0.999, 0.9995 from epoch 60), which validation, checkpoint choice and serving use.
 Measured (docs/BENCHMARKS.md), 2 cores of an Intel Xeon with AMX (family 6 model 167; ~1,500 images/s):
 seed 1: 68% 19.9 minutes from launch, 70.5% at 33.7, 71.25% at the end (38.5 minutes), the best;
-seed 0: 68% at 19.1, 70.5% at 35.9, 70.63% at the end (38.1), the best.
+seed 0: 68% at 19.1, 70.5% at 35.9, 70.63% at the end (38.1); seed 2: 19.4, 35.9, 71.05% (38.1).
 Before, validated on ten crops of the face as it is every 4 epochs (the same training): on that CPU 69.80%
 and 69.99% at best; on 2 Zen 4 cores (AMD EPYC family 25 model 17, ~740 images/s, before oneDNN's weights
 were aligned) 68% at 39.8 minutes, 70.58% at best (76.5), 78 minutes. One run moves by 0.6-0.8 points
