@@ -95,9 +95,14 @@ CROP_VIEWS = ("ten_crop", "multi_scale")  # Views that need a model trained on c
 
 def eval_step(variables: Any, batch: dict[str, jnp.ndarray], *, apply_fn: Callable, view: str,
               crop_size: int, num_classes: int) -> dict[str, jnp.ndarray]:
-  """Summed loss, count and confusion matrix (rows: true label, columns: prediction) of a batch."""
+  """Summed loss, count and confusion matrix (rows: true label, columns: prediction) of a batch.
+
+  The views run one after another through one copy of the network (lax.map), not one copy per view: the CPU
+  recipe's 30-view step compiles in 1.5 s instead of 4 and scores 18% faster (docs/BENCHMARKS.md).
+  """
   inputs = VIEWS[view](batch["image"], crop_size)
-  probs = jnp.mean(jnp.stack([jax.nn.softmax(apply_fn(variables, x, train=False)) for x in inputs]), axis=0)
+  softmax = lambda x: jax.nn.softmax(apply_fn(variables, x, train=False))
+  probs = softmax(inputs[0]) if len(inputs) == 1 else jnp.mean(jax.lax.map(softmax, jnp.stack(inputs)), axis=0)
   labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
   nll = -jnp.log(jnp.take_along_axis(probs, labels[:, None], axis=1)[:, 0] + 1e-12)
   predictions = jnp.argmax(probs, axis=-1)

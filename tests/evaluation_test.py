@@ -46,6 +46,26 @@ def test_eval_step_confusion_rows_are_true_labels_and_columns_predictions():
   assert per_class["disgust"]["recall"] == 1.0 and per_class["disgust"]["precision"] == 1 / 3
 
 
+def test_eval_step_scores_the_mean_of_every_views_softmax():
+  """Ten crops through the Evaluator's jitted step: its loss and predictions are those of the softmax averaged
+  over the ten views, by hand (not one view's, not the averaged logits')."""
+  rng = np.random.default_rng(0)
+  images = rng.standard_normal((6, 8, 8, 1)).astype(np.float32)
+  weights = 3.0 * rng.standard_normal((36, 7)).astype(np.float32)
+  linear = lambda variables, x, train: x.reshape(x.shape[0], -1) @ variables["w"]
+  labels, mask = rng.integers(0, 7, 6), np.ones(6, np.int32)
+  evaluator = evaluation.Evaluator(linear, parallel.create_mesh(), num_classes=7, crop_size=6)
+  confusion, loss = evaluator.confusion({"w": weights}, [{"image": images, "label": labels, "mask": mask}],
+                                        view="ten_crop")
+  logits = [np.asarray(v).reshape(6, -1) @ weights for v in evaluation.ten_crop_view(jnp.asarray(images), 6)]
+  probs = np.mean([np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)
+                   for z in logits], axis=0)
+  np.testing.assert_allclose(loss, -np.mean(np.log(probs[np.arange(6), labels])), rtol=1e-5)
+  expected = np.zeros((7, 7))
+  np.add.at(expected, (labels, probs.argmax(1)), 1)
+  np.testing.assert_array_equal(confusion, expected)
+
+
 def test_views():
   images = jnp.arange(2 * 6 * 6).reshape(2, 6, 6, 1).astype(jnp.float32)
   assert evaluation.plain_view(images, 0)[0].shape == (2, 6, 6, 1)
