@@ -98,7 +98,7 @@ def eval_step(variables: Any, batch: dict[str, jnp.ndarray], *, apply_fn: Callab
   """Summed loss, count and confusion matrix (rows: true label, columns: prediction) of a batch.
 
   The views run one after another through one copy of the network (lax.map), not one copy per view: the CPU
-  recipe's 30-view step compiles in 1.5 s instead of 4 and scores 18% faster (docs/BENCHMARKS.md).
+  recipe's 30-view step compiles in 1.4 s instead of 4.0 and scores in 14.0 s instead of 18.1 (docs/BENCHMARKS.md).
   """
   inputs = VIEWS[view](batch["image"], crop_size)
   softmax = lambda x: jax.nn.softmax(apply_fn(variables, x, train=False))

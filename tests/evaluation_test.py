@@ -57,9 +57,9 @@ def test_eval_step_scores_the_mean_of_every_views_softmax():
   evaluator = evaluation.Evaluator(linear, parallel.create_mesh(), num_classes=7, crop_size=6)
   confusion, loss = evaluator.confusion({"w": weights}, [{"image": images, "label": labels, "mask": mask}],
                                         view="ten_crop")
-  logits = [np.asarray(v).reshape(6, -1) @ weights for v in evaluation.ten_crop_view(jnp.asarray(images), 6)]
-  probs = np.mean([np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)
-                   for z in logits], axis=0)
+  exps = [np.exp(z - z.max(1, keepdims=True)) for z in (np.asarray(v).reshape(6, -1) @ weights
+                                                         for v in evaluation.ten_crop_view(jnp.asarray(images), 6))]
+  probs = np.mean([e / e.sum(1, keepdims=True) for e in exps], axis=0)
   np.testing.assert_allclose(loss, -np.mean(np.log(probs[np.arange(6), labels])), rtol=1e-5)
   expected = np.zeros((7, 7))
   np.add.at(expected, (labels, probs.argmax(1)), 1)
