@@ -89,10 +89,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.validate_raw_parameters = True       # With a moving average: validation also scores the raw parameters (one
                                          # more pass each time) to show what the average buys. False halves a
                                          # costly view's validation time (multi_scale: ~15 s on 2 Intel AMX cores).
-  c.progressive_sizes = ()               # Progressive resizing: train first on inputs downscaled to these side
-  c.progressive_until_epochs = ()        # lengths (ascending), each until the matching epoch, then at full size
-                                         # (fer_jax/progressive_resize.py). () = full size throughout.
-  c.progressive_how = "crop"             # crop: random windows at the face's scale; resize: the whole input scaled.
   c.class_weights = "none"               # balanced: weight classes by inverse train frequency.
   c.nonfinite = "stop"                   # A NaN/Inf loss or gradient: stop (keep the last good checkpoint)
                                          # or skip that update (counted as the nonfinite_skipped scalar).
@@ -164,8 +160,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
              "data.normalization": stats.NORMALIZATIONS, "class_weights": ("none", "balanced"),
              "eval.split": ("train", "validation", "test"), "nonfinite": ("stop", "skip"),
              "model": tuple(models.MODELS), "conv_impl": ("auto", "onednn", "im2col", "xla"),
-             "data.augment.erasing_fill": augment.ERASING_FILLS,
-             "progressive_how": ("crop", "resize"), "data.augment.border": tuple(augment.BORDERS)}
+             "data.augment.erasing_fill": augment.ERASING_FILLS, "data.augment.border": tuple(augment.BORDERS)}
   for field, allowed in choices.items():
     value = config
     for part in field.split("."):
@@ -215,23 +210,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
           "the decay of an average the run keeps)")
   if not config.late_ema_from_epoch >= 0.0:
     _fail("late_ema_from_epoch", config.late_ema_from_epoch, "must be >= 0")
-  _validate_progressive(config)
   for field in ("batch_size", "eval_batch_size"):
     if config[field] % num_devices:
       _fail(field, config[field], f"must divide evenly over the {num_devices} devices; "
             f"use a multiple of {num_devices}, e.g. {max(1, config[field] // num_devices) * num_devices}")
     if config[field] % process_count:
       _fail(field, config[field], f"must divide evenly over the {process_count} processes")
-
-
-def _validate_progressive(config: ml_collections.ConfigDict) -> None:
-  sizes, until = tuple(config.progressive_sizes), tuple(config.progressive_until_epochs)
-  if len(sizes) != len(until):
-    _fail("progressive_until_epochs", until, f"needs one epoch per size in progressive_sizes={sizes}")
-  if any(int(s) != s or s < 8 for s in sizes) or list(sizes) != sorted(set(sizes)):
-    _fail("progressive_sizes", sizes, "must be whole side lengths of 8 pixels or more, ascending")
-  if any(e <= 0 for e in until) or list(until) != sorted(set(until)):
-    _fail("progressive_until_epochs", until, "must be ascending epochs > 0")
-  full = config.data.augment.crop_size
-  if sizes and full and sizes[-1] >= full:
-    _fail("progressive_sizes", sizes, f"must all be below the training input's data.augment.crop_size={full}")

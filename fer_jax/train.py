@@ -10,13 +10,13 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
 from clu import metrics as clu_metrics
 
 from fer_jax import checkpoint_checksums, checkpointing, config_schema, distributed, evaluation, kernels, losses
-from fer_jax import model_card, model_factory, optimizers, parallel, preemption, progress_window, progressive_resize
-from fer_jax import startup_timer
+from fer_jax import model_card, model_factory, optimizers, parallel, preemption, progress_window, startup_timer
 from fer_jax import tensorboard_writer, validation, workdir_guard, xla_cache
 from fer_jax.data import builders, pipeline, stats
 from fer_jax.model_factory import TrainState
@@ -31,14 +31,12 @@ class TrainMetrics(clu_metrics.Collection):
 # Folded into the seed's key for mixup's draws. Dropout's key is fold_in(seed, step), so the id must lie beyond any
 # step a run reaches: with 1 the mixup base would be step 1's dropout key.
 MIXUP_STREAM = 0x6D697875  # "mixu" in ASCII, about 1.8e9.
-CROP_STREAM = 0x63726F70  # "crop": progressive resizing's random crops.
 
 
 def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, base_key: jax.Array,
                label_smoothing: float, class_weights: jnp.ndarray | None,
                skip_nonfinite: bool = False, ema_decay: float = 0.0, late_ema: tuple[float, int] = (0.0, 0),
-               mixup_alpha: float = 0.0, mixup_from_step: int = 0,
-               input_size: int | None = None, progressive_how: str = "crop") -> tuple[TrainState, TrainMetrics, jnp.ndarray]:
+               mixup_alpha: float = 0.0, mixup_from_step: int = 0) -> tuple[TrainState, TrainMetrics, jnp.ndarray]:
   """One optimizer step on a global batch (dropout randomness is fold_in(seed, step)), and whether it was finite.
 
   With `mixup_alpha` > 0 a step from `mixup_from_step` on trains on losses.mixup's blend of the batch (its lam
@@ -47,15 +45,10 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, base_key: ja
   With `skip_nonfinite`, a non-finite step keeps parameters, optimizer state, batch-norm statistics and the
   moving average unchanged (its batch is still consumed, the step still counts). A state with `ema_params`
   moves them toward the new parameters by model_factory.ema_decay_at(ema_decay, step, *late_ema).
-  With `input_size` the batch is first resized to that side length (progressive_resize.py says why).
   """
   dropout_key = jax.random.fold_in(base_key, state.step)
   has_bn = bool(state.batch_stats)
-  images = batch["image"]
-  if input_size is not None:
-    crop_key = jax.random.fold_in(jax.random.fold_in(base_key, CROP_STREAM), state.step)
-    images = progressive_resize.shrink(images, input_size, progressive_how, crop_key)
-  mix = None
+  images, mix = batch["image"], None
   if mixup_alpha > 0:
     mixup_key = jax.random.fold_in(jax.random.fold_in(base_key, MIXUP_STREAM), state.step)
     images, mix = losses.mixup(images, batch["label"], mixup_key, mixup_alpha, on=state.step >= mixup_from_step)
@@ -90,6 +83,13 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, base_key: ja
 
 class NonFiniteError(RuntimeError):
   """A NaN or Inf loss or gradient with config.nonfinite='stop'."""
+
+
+def balanced_class_weights(label_counts: np.ndarray) -> np.ndarray:
+  """Inverse-frequency weights normalised to mean 1 over present classes (absent classes get 0)."""
+  counts = np.asarray(label_counts, np.float64)
+  weights = np.divide(counts.sum() / max((counts > 0).sum(), 1), counts, out=np.zeros_like(counts), where=counts > 0)
+  return weights.astype(np.float32)
 
 
 def check_splits(config: ml_collections.ConfigDict, info: Any) -> None:
@@ -149,20 +149,16 @@ class Trainer:
     self.abstract_state = setup.abstract_state(self.replicated)
     self._init_state, self._cache_after_init = self._state_initializer(setup, bakes_addresses(model_kernels))
     balanced = config.class_weights == "balanced"
-    class_weights = jnp.asarray(stats.balanced_class_weights(stats.label_counts(config))) if balanced else None
-    step_fn = functools.partial(
-        train_step, base_key=jax.random.key(config.seed), label_smoothing=config.label_smoothing,
-        class_weights=class_weights, skip_nonfinite=config.nonfinite == "skip", ema_decay=config.ema_decay,
-        mixup_alpha=config.mixup_alpha, mixup_from_step=int(config.mixup_from_epoch * self.steps_per_epoch),
-        late_ema=(config.late_ema_decay, int(config.late_ema_from_epoch * self.steps_per_epoch)))
-    jit = functools.partial(jax.jit, in_shardings=(self.replicated, parallel.data_sharding(self.mesh)),
-                            out_shardings=(self.replicated, self.replicated, self.replicated), donate_argnums=0)
+    class_weights = jnp.asarray(balanced_class_weights(stats.label_counts(config))) if balanced else None
     # (state, metrics, finite): the loop reads `finite` for the NaN policy; train_step() drops it.
-    self.checked_train_step = jit(step_fn)
-    self.progressive = progressive_resize.schedule_for(config, self.model, self.info.image_shape,
-                                                       self.steps_per_epoch)
-    self._resized_steps = {size: jit(functools.partial(step_fn, input_size=size, progressive_how=config.progressive_how))
-                           for size in self.progressive.sizes}
+    self.checked_train_step = jax.jit(
+        functools.partial(train_step, base_key=jax.random.key(config.seed), label_smoothing=config.label_smoothing,
+                          class_weights=class_weights, skip_nonfinite=config.nonfinite == "skip",
+                          ema_decay=config.ema_decay, mixup_alpha=config.mixup_alpha,
+                          late_ema=(config.late_ema_decay, int(config.late_ema_from_epoch * self.steps_per_epoch)),
+                          mixup_from_step=int(config.mixup_from_epoch * self.steps_per_epoch)),
+        in_shardings=(self.replicated, parallel.data_sharding(self.mesh)),
+        out_shardings=(self.replicated, self.replicated, self.replicated), donate_argnums=0)
     self.preempted_at_step: int | None = None  # Set by train() when it stopped on SIGTERM.
     self.restored_step: int | None = None  # The checkpoint step train() resumed from.
     self.evaluator = evaluation.Evaluator(self.model.apply, self.mesh, num_classes=self.info.num_classes,
@@ -187,11 +183,6 @@ class Trainer:
       return plain.init().replace(apply_fn=setup.model.apply, tx=setup.tx)
 
     return jax.jit(init_state, out_shardings=self.replicated), cache_after
-
-  def checked_step_at(self, step: int) -> Callable[..., tuple[TrainState, TrainMetrics, jax.Array]]:
-    """The jitted step that step `step` runs: the full-size one, or progressive resizing's for its size."""
-    size = self.progressive.size_at(step)
-    return self.checked_train_step if size is None else self._resized_steps[size]
 
   def train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, TrainMetrics]:
     """One jitted step (state donated), for callers that drive their own loop."""
@@ -292,13 +283,12 @@ class Trainer:
           raise checkpointing.disk_full_error(workdir, size, keep) from None
         raise
 
-  def _compile_for_first_batch(self, state: TrainState, train_iter: Any,
-                               step: int) -> Iterator[dict[str, jax.Array]]:
+  def _compile_for_first_batch(self, state: TrainState, train_iter: Any) -> Iterator[dict[str, jax.Array]]:
     """Every global batch, the first one fetched now and the train step compiled for it (each phase timed)."""
     with self.startup.phase("input pipeline first batch"):
       first = parallel.global_batch(next(train_iter), self.mesh)
     with self.startup.phase("train-step compile"):  # The call below then finds it in jit's cache.
-      self.checked_step_at(step).lower(state, first).compile()
+      self.checked_train_step.lower(state, first).compile()
     return itertools.chain([first], (parallel.global_batch(b, self.mesh) for b in train_iter))
 
   def _first_step_done(self, finite: jax.Array, dispatched: float) -> None:
@@ -321,7 +311,7 @@ class Trainer:
       if jax.process_index() == 0:
         model_card.write(config, workdir, self.info)  # Only once the state was built or restored.
       step = int(jax.device_get(state.step))
-      batches = self._compile_for_first_batch(state, train_iter, step) if step < self.total_steps else iter(())
+      batches = self._compile_for_first_batch(state, train_iter) if step < self.total_steps else iter(())
 
       last: dict[str, float] = {}
       progress = progress_window.ProgressWindow(self.total_steps, self.steps_per_epoch, config.batch_size)
@@ -334,7 +324,7 @@ class Trainer:
         signalled = lambda: notice["signal"] is not None
         while step < self.total_steps:
           dispatched = time.perf_counter()
-          state, step_metrics, finite = self.checked_step_at(step)(state, next(batches))
+          state, step_metrics, finite = self.checked_train_step(state, next(batches))
           step += 1
           if unsealed is not None and jax.process_index() == 0:
             unsealed = checkpointing.seal_if_finalized(workdir, unsealed)

@@ -105,7 +105,7 @@ def test_every_optional_path_trains_and_evaluates(tmp_path, data_dir):
 def test_balanced_class_weights(data_dir):
   counts = train.stats.label_counts(tiny_config(data_dir))
   assert counts.sum() == train.builders.dataset_info(tiny_config(data_dir)).num_examples["train"]
-  weights = train.stats.balanced_class_weights(np.array([10, 30, 0, 60]))
+  weights = train.balanced_class_weights(np.array([10, 30, 0, 60]))
   np.testing.assert_allclose(weights, [100 / 3 / 10, 100 / 3 / 30, 0.0, 100 / 3 / 60], rtol=1e-6)
 
 

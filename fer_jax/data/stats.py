@@ -94,10 +94,3 @@ def normalizer(config: Any) -> Normalizer:
   if config.data.normalization == "unit":
     return Normalizer()
   return Normalizer(*normalization_stats(config))
-
-
-def balanced_class_weights(label_counts: np.ndarray) -> np.ndarray:
-  """Inverse-frequency weights normalised to mean 1 over present classes (absent classes get 0)."""
-  counts = np.asarray(label_counts, np.float64)
-  weights = np.divide(counts.sum() / max((counts > 0).sum(), 1), counts, out=np.zeros_like(counts), where=counts > 0)
-  return weights.astype(np.float32)
