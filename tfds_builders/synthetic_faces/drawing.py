@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from fer_jax.data.faces import EMOTIONS
+from tfds_builders.synthetic_faces import expressions
 
 NUM_CLASSES = len(EMOTIONS)
 SIZE = 48
@@ -40,50 +41,11 @@ _CANVAS = SIZE * _SS
 _FIX = _SS * (1 << _SHIFT)  # 48-pixel units -> fixed-point canvas units.
 _LABEL_STREAM_TAG = 0x4C41424C  # "LABL": keeps the label shuffle apart from per-example streams.
 
-# Expression parameters in face units (half face width = 1, y points down).
-# _NEUTRAL is the relaxed face; _DELTAS move it toward each expression, scaled
-# by a per-example strength so that weak expressions overlap with neutral.
-_NEUTRAL = dict(
-    eye_h=0.075,       # eye half-height (wide eyes > 0.1, narrowed < 0.05)
-    brow_y=-0.44,      # brow height (more negative = raised)
-    brow_in_dy=0.0,    # inner brow end: + lowered (angry), - raised (sad, fear)
-    brow_in_dx=0.0,    # inner brow end: + drawn together
-    brow_arch=0.05,    # brow arch height
-    mouth_y=0.55,
-    mouth_w=0.50,      # mouth full width
-    mouth_c=0.0,       # corner lift: + smile, - frown
-    mouth_o=0.0,       # mouth opening half-height
-    lip_raise=0.0,     # one-sided upper lip raise (disgust)
-    mouth_t=0.045,     # closed-mouth line thickness
-    wrinkle=0.0,       # nose wrinkles and flared nostrils (disgust)
-    frown=0.0,         # vertical frown lines between the brows (angry)
-    folds=0.0,         # cheek folds beside the mouth (happy)
-)
-_DELTAS: dict[str, dict[str, float]] = {
-    "angry": dict(brow_in_dy=0.15, brow_y=0.05, brow_in_dx=0.05, brow_arch=-0.03, eye_h=-0.02,
-                  mouth_w=-0.14, mouth_t=0.02, mouth_c=-0.03, frown=1.0),
-    "disgust": dict(lip_raise=0.13, wrinkle=1.0, eye_h=-0.035, brow_y=0.04, brow_in_dy=0.05,
-                    mouth_c=-0.05, mouth_w=-0.04),
-    "fear": dict(brow_y=-0.10, brow_in_dy=-0.09, brow_in_dx=0.06, brow_arch=-0.04, eye_h=0.05,
-                 mouth_w=0.16, mouth_o=0.05, mouth_c=-0.04),
-    "happy": dict(mouth_c=0.15, mouth_w=0.12, mouth_o=0.04, eye_h=-0.02, folds=1.0),
-    "sad": dict(mouth_c=-0.11, mouth_w=-0.05, brow_in_dy=-0.10, brow_in_dx=0.03, brow_arch=-0.02,
-                eye_h=-0.015, mouth_y=0.02),
-    "surprise": dict(brow_y=-0.14, brow_arch=0.06, eye_h=0.05, mouth_o=0.16, mouth_w=-0.24,
-                     mouth_y=0.05),
-    "neutral": {},
-}
-# Class-independent jitter (standard deviations at difficulty 1) on every parameter.
-_JITTER = dict(
-    eye_h=0.012, brow_y=0.035, brow_in_dy=0.03, brow_in_dx=0.02, brow_arch=0.02, mouth_y=0.04,
-    mouth_w=0.05, mouth_c=0.035, mouth_o=0.02, lip_raise=0.02, mouth_t=0.01, wrinkle=0.0,
-    frown=0.0, folds=0.0)
-_STRENGTH_SPREAD = 0.8  # expression strength is uniform in [1 - spread, 1] at difficulty 1
 
-_P = len(_NEUTRAL)
-_BASE = np.array(list(_NEUTRAL.values()))
-_DELTA = np.array([[_DELTAS[e].get(k, 0.0) for k in _NEUTRAL] for e in EMOTIONS])
-_JIT = np.array([_JITTER[k] for k in _NEUTRAL])
+_P = len(expressions.NEUTRAL)
+_BASE = np.array(list(expressions.NEUTRAL.values()))
+_DELTA = np.array([[expressions.DELTAS[e].get(k, 0.0) for k in expressions.NEUTRAL] for e in EMOTIONS])
+_JIT = np.array([expressions.JITTER[k] for k in expressions.NEUTRAL])
 _NU = 48  # uniforms per face for pose, tones and style (45 used), then 4 per jitter
 _NR = _NU + 4 * _P
 _SQRT3 = math.sqrt(3.0)
@@ -266,7 +228,7 @@ def _layout(labels: np.ndarray, r: np.ndarray, difficulty: float
   z = (q[:, 0] + q[:, 1] + q[:, 2] + q[:, 3] - 2.0) * _SQRT3  # unit-variance, near-Gaussian
 
   # Expression: neutral + strength * delta + jitter. Strength below 1 blends toward neutral.
-  strength = 1.0 - difficulty * _STRENGTH_SPREAD * u[0]
+  strength = 1.0 - difficulty * expressions.STRENGTH_SPREAD * u[0]
   params = _BASE + strength * _DELTA[labels] + difficulty * _JIT * z
   (eye_h, brow_y, brow_in_dy, brow_in_dx, brow_arch, mouth_y, mouth_w, mouth_c, mouth_o,
    lip_raise, mouth_t, wrinkle, frown, folds) = params[:, :, None].transpose(1, 0, 2)
