@@ -2,9 +2,10 @@
 
 Reads what users download by hand (see MANUAL_DOWNLOAD_INSTRUCTIONS): the
 original `fer2013.csv`, the `fer2013.tar.gz` that wraps it, or the popular
-image-folder redistribution. Bad rows and bad files are skipped, counted by
-reason and kept in `info.metadata['build_report']`, so a build never dies on
-one broken line of a 300 MB file and the user still learns what was dropped.
+image-folder redistribution; readers.py parses them. Bad rows and bad files are
+skipped, counted by reason and kept in `info.metadata['build_report']`, so a build
+never dies on one broken line of a 300 MB file and the user still learns what was
+dropped.
 
 Needs no TensorFlow: images are stored as raw uint8 tensors (tfds' `Image`
 feature needs TF to encode PNGs) and the default file format is ArrayRecord.
