@@ -41,7 +41,6 @@ _CANVAS = SIZE * _SS
 _FIX = _SS * (1 << _SHIFT)  # 48-pixel units -> fixed-point canvas units.
 _LABEL_STREAM_TAG = 0x4C41424C  # "LABL": keeps the label shuffle apart from per-example streams.
 
-
 _P = len(expressions.NEUTRAL)
 _BASE = np.array(list(expressions.NEUTRAL.values()))
 _DELTA = np.array([[expressions.DELTAS[e].get(k, 0.0) for k in expressions.NEUTRAL] for e in EMOTIONS])
