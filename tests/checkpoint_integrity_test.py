@@ -30,7 +30,7 @@ from fer_jax import checkpoint_checksums, checkpointing, eval_job, train
 from fer_jax.serving import predict
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from predict_test import synthetic_face  # noqa: E402
+from prediction_fixtures import synthetic_face  # noqa: E402
 from reliability_test import run_cli  # noqa: E402
 from train_test import tiny_config  # noqa: E402
 

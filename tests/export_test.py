@@ -17,8 +17,8 @@ from fer_jax.serving import classifier, export, inference, predict
 
 pytest.importorskip("flatbuffers", reason="jax.export serialization needs the 'flatbuffers' package")
 
-# The module-scoped training run of predict_test (imported: pytest shares nothing between modules).
-from predict_test import folder, loaded, synthetic_face, workdir  # noqa: E402,F401  pylint: disable=unused-import
+# The tiny training run the prediction tests share (imported: pytest shares no fixtures between modules).
+from prediction_fixtures import folder, loaded, synthetic_face, workdir  # noqa: E402,F401  pylint: disable=unused-import
 
 
 @pytest.fixture(scope="module")

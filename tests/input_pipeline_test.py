@@ -1,4 +1,4 @@
-"""Tests for fer_jax.data.pipeline against a tiny ArrayRecord dataset built here."""
+"""Tests for fer_jax.data.pipeline against a tiny ArrayRecord dataset built here (tests/tiny_dataset.py)."""
 
 from __future__ import annotations
 
@@ -10,61 +10,10 @@ import grain
 import ml_collections
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from fer_jax import config_schema
 from fer_jax.data import builders, pipeline, stats, tfexample
-
-SPLIT_SIZES = {"train": 103, "validation": 37, "test": 50}
-EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-
-
-class FerTinyTest(tfds.core.GeneratorBasedBuilder):
-  """7-class dataset whose pixel (0, 0, 0) holds the example index and (0, 1, 0) the split code."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  # Image encodings: gray12/rgb16 tfds's default (int64 varints), zlib12 zlib, bytes12 raw bytes
-  # plus a float Scalar, like ExpW.
-  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name) for name in ("gray12", "rgb16", "zlib12", "bytes12")]
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    name = self.builder_config.name
-    shape = (16, 16, 3) if name == "rgb16" else (12, 12, 1)
-    encoding = {"zlib12": "zlib", "bytes12": "bytes"}.get(name, "none")
-    features = {"image": tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=encoding),
-                "label": tfds.features.ClassLabel(names=EMOTIONS),
-                "id": tfds.features.Text()}
-    if name == "bytes12":
-      features["confidence"] = tfds.features.Scalar(dtype=np.float32)
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {split: self._generate_examples(split) for split in SPLIT_SIZES}
-
-  def _generate_examples(self, split):
-    code = list(SPLIT_SIZES).index(split)
-    shape = self.info.features["image"].shape
-    for i in range(SPLIT_SIZES[split]):
-      image = np.random.default_rng([code, i]).integers(0, 256, shape, dtype=np.uint8)
-      image[0, 0, 0], image[0, 1, 0] = i, code
-      yield f"{split}-{i}", example(self.info.features, image, i % 7, f"{split}-{i}")
-
-
-def example(features, image, label, id_):
-  out = {"image": image, "label": label, "id": id_}
-  if "confidence" in features:
-    out["confidence"] = 0.25 + label / 10
-  return out
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> str:
-  tfds.disable_progress_bar()
-  path = str(tmp_path_factory.mktemp("tfds"))
-  for name in ("gray12", "rgb16", "zlib12", "bytes12"):
-    FerTinyTest(data_dir=path, config=name, file_format="array_record").download_and_prepare()
-  return path
+from tiny_dataset import EMOTIONS, SPLIT_SIZES, FerTinyTest, data_dir  # noqa: F401  (fixtures)
 
 
 def make_config(data_dir: str, **data_overrides) -> ml_collections.ConfigDict:
@@ -136,56 +85,6 @@ def test_ensure_built_builds_auto_datasets(tmp_path, monkeypatch):
   assert dict(info.num_examples) == SPLIT_SIZES
   builders.ensure_built(config)  # already built: no second build
   assert len(calls) == 1
-
-
-def assert_decoded_equal(got, expected):
-  assert got.keys() == expected.keys()
-  assert np.asarray(got["image"]).dtype == expected["image"].dtype == np.uint8
-  np.testing.assert_array_equal(got["image"], expected["image"])
-  for key in set(expected) - {"image"}:
-    assert got[key] == expected[key], key
-
-
-def unstack(batch, i):
-  return {key: value[i] for key, value in batch.items()}
-
-
-@pytest.mark.parametrize("builder_config", ["gray12", "rgb16", "zlib12", "bytes12"])
-def test_fast_decoder_equals_tfds(data_dir, builder_config):
-  builder = FerTinyTest(data_dir=data_dir, config=builder_config, file_format="array_record")
-  features = builder.info.features
-  decoder = tfexample.ExampleDecoder(features)
-  assert decoder._fallback is None and decoder._wire  # our decoding, not tfds's
-  records = list(builder.as_data_source(split="validation").data_source)
-  # Edge cases for the varint trick: no pixel >= 128, every pixel >= 128, extremes.
-  shape = features["image"].shape
-  for fill in (0, 1, 127, 128, 255):
-    records.append(features.serialize_example(example(features, np.full(shape, fill, np.uint8), 6, "x")))
-  expected = [features.deserialize_example_np(r) for r in records]
-  wire = decoder._decode_wire(records)
-  assert wire is not None and wire["image"].shape == (len(records), *shape)
-  for i, record in enumerate(records):
-    assert_decoded_equal(unstack(wire, i), expected[i])
-    assert_decoded_equal(decoder(record), expected[i])
-  batch = decoder.decode_batch(records[:7])
-  for i in range(7):
-    assert_decoded_equal(unstack(batch, i), expected[i])
-
-
-def test_fast_decoder_falls_back_on_unexpected_layouts(data_dir):
-  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
-  features = FerTinyTest(data_dir=data_dir, config="gray12", file_format="array_record").info.features
-  decoder = tfexample.ExampleDecoder(features)
-  records = [features.serialize_example({"image": np.full((12, 12, 1), v, np.uint8), "label": v % 7, "id": "y"})
-             for v in (3, 200)]
-  proto = tf_example_pb2.Example.FromString(records[1])
-  proto.features.feature["extra"].bytes_list.value.extend([b"a", b"b"])  # several values: not our layout
-  odd = proto.SerializeToString()
-  assert decoder._decode_wire([records[0], odd]) is None
-  assert decoder._decode_wire([b"\x0a\x05\x0a"]) is None  # truncated
-  batch = decoder.decode_batch([records[0], odd])
-  for i, record in enumerate(records):
-    assert_decoded_equal(unstack(batch, i), features.deserialize_example_np(record))
 
 
 def test_train_batches_are_full_and_shaped(data_dir):
@@ -403,20 +302,3 @@ def test_eval_pads_with_fully_masked_batches_when_needed(data_dir):
     counts.append(len(masks))
     assert sum(int(m.sum()) for m in masks) == len(range(p, 37, 3))
   assert counts == [3, 3, 3]
-
-
-
-def test_decoder_of_features_it_does_not_cover_batches_tfds_decoding():
-  features = tfds.features.FeaturesDict({
-      "image": tfds.features.Tensor(shape=(4, 4, 1), dtype=np.uint8),
-      "label": tfds.features.ClassLabel(num_classes=7),
-      "landmarks": tfds.features.Tensor(shape=(None,), dtype=np.int64),  # variable length: tfds's decoding
-  })
-  decoder = tfexample.ExampleDecoder(features)
-  assert decoder._fallback is not None
-  examples = [{"image": np.full((4, 4, 1), v, np.uint8), "label": v % 7, "landmarks": np.arange(v % 3 + 1)}
-              for v in (3, 200)]
-  batch = decoder.decode_batch([features.serialize_example(e) for e in examples])
-  assert batch["image"].shape == (2, 4, 4, 1) and list(batch["label"]) == [3, 4]
-  for got, e in zip(batch["landmarks"], examples):
-    np.testing.assert_array_equal(got, e["landmarks"])

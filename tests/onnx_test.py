@@ -15,8 +15,8 @@ from fer_jax.serving import export, onnx_model, predict
 pytest.importorskip("jax2onnx", reason="ONNX export needs the 'onnx' extra (pip install 'fer_jax[onnx]')")
 pytest.importorskip("onnxruntime", reason="ONNX prediction needs onnxruntime")
 
-# The module-scoped training run of predict_test (imported: pytest shares nothing between modules).
-from predict_test import folder, loaded, synthetic_face, workdir  # noqa: E402,F401  pylint: disable=unused-import
+# The tiny training run the prediction tests share (imported: pytest shares no fixtures between modules).
+from prediction_fixtures import folder, loaded, synthetic_face, workdir  # noqa: E402,F401  pylint: disable=unused-import
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,11 @@
-"""Prediction from a real (tiny) training run: loading, detection, CLI rows and formats, video, TTA, errors."""
+"""Prediction from a real (tiny) training run: loading, preprocessing, CLI rows and formats, video, TTA."""
 
 from __future__ import annotations
 
 import csv
-import errno
 import io
 import json
 import os
-import pathlib
-import shutil
-import sys
 
 import cv2
 import numpy as np
@@ -17,108 +13,8 @@ import pytest
 
 from fer_jax.serving import classifier as classifier_lib
 from fer_jax.serving import face_detection, inference, predict, predict_output, smoothing
-from train_test import tiny_config
-
-HAAR = face_detection.haar_available()
-needs_haar = pytest.mark.skipif(
-    not HAAR, reason=f"OpenCV {cv2.__version__} has no Haar cascade (CascadeClassifier and its XML ship with "
-    "opencv-python-headless < 5)")
-PASTE = (200, 140, 192)  # x, y, side of the face pasted into the 640x480 scene
-
-
-_TRAINED: dict[str, str] = {}  # export_test imports these fixtures: one training run for both modules
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory, synthetic_tiny_dir) -> str:
-  """One tiny training run (checkpoints at steps 4 and 8), standardized inputs: shared by every test here."""
-  if "workdir" not in _TRAINED:
-    from fer_jax import train
-
-    config = tiny_config(synthetic_tiny_dir)
-    config.data.normalization = "standardize"
-    path = str(tmp_path_factory.mktemp("run"))
-    train.train_and_evaluate(config, path)
-    _TRAINED["workdir"] = path
-  return _TRAINED["workdir"]
-
-
-@pytest.fixture(scope="module")
-def loaded(workdir) -> inference.LoadedModel:
-  return inference.load(workdir)
-
-
-def synthetic_face(label: int = 3, seed: int = 0) -> np.ndarray:
-  from tfds_builders.synthetic_faces import drawing as synthetic_faces
-  return synthetic_faces.draw_faces(np.array([label]), seed)[0]
-
-
-def scene(face: np.ndarray, x: int = PASTE[0], y: int = PASTE[1], side: int = PASTE[2]) -> np.ndarray:
-  """A 640x480 BGR frame: a grey gradient with noise and the face scaled up onto it."""
-  rng = np.random.default_rng(1)
-  frame = np.linspace(60, 200, 640)[None, :] + rng.normal(0, 8, (480, 640))
-  frame = np.clip(frame, 0, 255).astype(np.uint8)
-  frame[y:y + side, x:x + side] = cv2.resize(face, (side, side), interpolation=cv2.INTER_LINEAR)
-  return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-
-
-def iou(a, b) -> float:
-  ax, ay, aw, ah = a
-  bx, by, bw, bh = b
-  w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-  h = max(0, min(ay + ah, by + bh) - max(ay, by))
-  return w * h / (aw * ah + bw * bh - w * h)
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> pathlib.Path:
-  """photos/: a face in a scene, an unreadable file, a blank image, an empty subfolder, a text file."""
-  root = tmp_path_factory.mktemp("inputs") / "photos"
-  (root / "empty").mkdir(parents=True)
-  cv2.imwrite(str(root / "face.png"), scene(synthetic_face()))
-  cv2.imwrite(str(root / "blank.png"), np.full((200, 300, 3), 128, np.uint8))
-  (root / "broken.jpg").write_bytes(b"this is not a JPEG")
-  (root / "notes.txt").write_text("not an image: ignored")
-  return root
-
-
-def write_video(path: pathlib.Path, frames: int = 6) -> None:
-  writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (640, 480))
-  assert writer.isOpened()
-  for i in range(frames):
-    writer.write(scene(synthetic_face(), x=PASTE[0] + 8 * i))
-  writer.release()
-
-
-def run(args: list[str], capsys) -> tuple[int, str]:
-  try:
-    code = predict.main(args)
-  except SystemExit as e:  # argparse's own errors
-    code = e.code
-  return code, capsys.readouterr().err
-
-
-def read_csv(path) -> list[dict[str, str]]:
-  with open(path, newline="") as f:
-    return list(csv.DictReader(f))
-
-
-def test_detector_finds_an_upscaled_synthetic_face():
-  if not HAAR:
-    with pytest.raises(face_detection.DetectorUnavailableError, match=r"opencv-python-headless>=4.9,<5"):
-      face_detection.HaarFaceDetector()
-    pytest.skip(f"OpenCV {cv2.__version__} has no Haar cascade")
-  for preset in (face_detection.VIDEO, face_detection.IMAGE):
-    detector = face_detection.HaarFaceDetector(**preset)
-    boxes = detector(scene(synthetic_face()))
-    assert len(boxes) == 1 and iou(boxes[0], (PASTE[0], PASTE[1], PASTE[2], PASTE[2])) > 0.5, boxes
-    assert detector(np.full((480, 640, 3), 128, np.uint8)) == []
-
-
-def test_detector_unavailable_says_what_to_install(monkeypatch):
-  monkeypatch.setattr(face_detection, "_cascade_class", lambda: None)
-  with pytest.raises(face_detection.DetectorUnavailableError, match=r"opencv-python-headless>=4.9,<5.*--no-detect"):
-    face_detection.HaarFaceDetector()
+from prediction_fixtures import (HAAR, PASTE, folder, iou, loaded, read_csv, run, scene,  # noqa: F401  (fixtures)
+                                 synthetic_face, two_face_scene, workdir, write_video)
 
 
 def test_preprocessing_rules():
@@ -289,40 +185,6 @@ def test_checkpoint_path_and_step(loaded, workdir, folder, tmp_path, capsys):
   assert loaded.step == 8 and inference.load(checkpoint=f"{workdir}/checkpoints/4").step == 4
 
 
-def test_bad_checkpoints_exit_2_with_a_message(workdir, folder, tmp_path, capsys):
-  image = str(folder / "face.png")
-  cases = {
-      "does not exist": ["--workdir", str(tmp_path / "nowhere")],
-      "checkpoints/99 does not exist": ["--checkpoint", f"{workdir}/checkpoints/99"],
-      "available steps: 4, 8": ["--workdir", workdir, "--step", "5"],
-      "no finished checkpoint": ["--workdir", str(tmp_path)],
-      "is not a checkpoint step directory": ["--checkpoint", f"{workdir}/checkpoints"],
-      "at most one of": ["--workdir", workdir, "--checkpoint", f"{workdir}/checkpoints/8"],
-  }
-  (tmp_path / "checkpoints").mkdir()
-  for message, args in cases.items():
-    code, err = run([*args, image, "--no-detect"], capsys)
-    assert code == 2 and message in err, (args, err)
-  # A model.json that describes another network than the checkpoint holds.
-  card = json.loads((pathlib.Path(workdir) / "model.json").read_text())
-  card["config"]["model_kwargs"]["conv_features"] = [8, 32]
-  (tmp_path / "other.json").write_text(json.dumps(card))
-  code, err = run(["--workdir", workdir, "--model_card", str(tmp_path / "other.json"), image, "--no-detect"], capsys)
-  assert code == 2 and "does not match the model" in err and "Conv_1" in err
-
-
-def test_nothing_readable_exits_1(workdir, folder, tmp_path, capsys):
-  out = tmp_path / "rows.csv"
-  code, err = run(["--workdir", workdir, str(folder / "empty"), str(folder / "broken.jpg"),
-                   str(tmp_path / "missing.png"), "--no-detect", "-o", str(out)], capsys)
-  assert code == 1 and "no input could be read" in err
-  assert [(r["file"], r["error"]) for r in read_csv(out)] == [
-      (str(folder / "empty"), "no image or video files in this folder"),
-      (str(folder / "broken.jpg"), "not a decodable image (18 bytes)"),
-      (str(tmp_path / "missing.png"), "no such file or directory"),
-  ]
-
-
 def test_flip_tta_is_the_mean_of_plain_and_mirrored(loaded):
   plain, flip = loaded.classifier(), loaded.classifier(tta="flip")
   face = synthetic_face()[:, :, None]
@@ -351,99 +213,6 @@ def test_real_fer2013_images(real_data, loaded):
       found += len(boxes) == 1 and iou(boxes[0], (PASTE[0], PASTE[1], PASTE[2], PASTE[2])) > 0.5
   if detector is not None:
     assert found >= 0.6 * len(paths), f"the cascade found {found} of {len(paths)} real faces"
-
-
-@pytest.mark.parametrize("option,message", [
-    (["--margin", "-5"], "--margin -5.0 must be a fraction of the box side in [0, 2]"),
-    (["--margin", "nan"], "--margin nan must be"),
-    (["--batch_size", "12"], "--batch_size 12 must be a power of two"),
-    (["--min_neighbors", "-1"], "--min_neighbors -1 must be >= 0"),
-    (["--detector", "haar", "--scale_factor", "1.0"], "scale_factor=1.0 must be > 1"),
-    (["--scale_factor", "1.1"], "--cascade and --scale_factor are Haar cascade settings: add --detector haar"),
-    (["--min_score", "2"], "min_score=2.0 must be in [0, 1]"),
-    (["--detector", "dlib"], "argument --detector: invalid choice: 'dlib'"),
-    (["--smooth", "three"], "argument --smooth: invalid int value: 'three'"),
-    (["--smooth", "0"], "--smooth 0 must be >= 1"),
-])
-def test_bad_option_values_are_one_error_line(workdir, folder, tmp_path, capsys, option, message):
-  out = tmp_path / "rows.csv"
-  code, err = run(["--workdir", workdir, *option, str(folder / "face.png"), "-o", str(out)], capsys)
-  lines = err.strip().splitlines()
-  assert code == 2 and len(lines) == 1 and lines[0].startswith(f"predict: error: {message}"), err
-  assert not out.exists()
-
-
-def _no_space(*args, **kwargs):
-  raise OSError(errno.ENOSPC, "No space left on device")
-
-
-def test_unwritable_destinations_fail_at_start_in_one_line(workdir, folder, tmp_path, capsys):
-  (tmp_path / "file.txt").write_text("a file, not a folder")
-  for option in ("--output", "--annotate"):
-    target = str(tmp_path / "file.txt" / "inside")
-    code, err = run(["--workdir", workdir, str(folder / "face.png"), "--no-detect", option, target], capsys)
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"predict: error: cannot write {option} {target}: ")
-
-
-def test_output_on_a_full_disk_exits_3_and_leaves_no_partial_file(workdir, folder, tmp_path, capsys, monkeypatch):
-  class FullAfterHeader:  # the csv writer of a disk that fills up after the header line
-    def __init__(self, *args, **kwargs):
-      self.rows = 0
-
-    def writerow(self, row):
-      self.rows += 1
-      if self.rows > 1:
-        _no_space()
-
-  monkeypatch.setattr(predict_output.csv, "writer", FullAfterHeader)
-  out = tmp_path / "out" / "rows.csv"
-  code, err = run(["--workdir", workdir, str(folder / "face.png"), "--no-detect", "-o", str(out)], capsys)
-  assert code == 3 and err.strip().splitlines() == [
-      f"predict: error: cannot write --output {out}: No space left on device; stopped, and no partial file was left."]
-  assert os.listdir(out.parent) == []
-
-
-def test_annotate_on_a_full_disk_exits_3_and_leaves_no_partial_file(workdir, folder, tmp_path, capsys, monkeypatch):
-  real_open = open
-
-  class HalfWritten:  # files of a disk that fills up after the start-up check
-    def __new__(cls, path, mode):
-      return real_open(path, mode) if "fer_jax_probe" in str(path) else super().__new__(cls)
-
-    def __init__(self, path, mode):
-      self.f = real_open(path, mode)
-
-    def __enter__(self):
-      return self
-
-    def __exit__(self, *exc):
-      self.f.close()
-
-    def write(self, data):
-      self.f.write(data[:len(data) // 2])
-      _no_space()
-
-  monkeypatch.setattr(predict_output, "open", HalfWritten, raising=False)
-  annotated = tmp_path / "annotated"
-  code, err = run(["--workdir", workdir, str(folder / "face.png"), "--no-detect", "--annotate", str(annotated)],
-                  capsys)
-  assert code == 3 and err.strip().splitlines() == [
-      f"predict: error: cannot write the annotated copy {annotated / 'face.png'}: No space left on device; "
-      "stopped, and no partial file was left."]
-  assert [p for p in annotated.rglob("*") if p.is_file()] == []
-
-
-def test_an_annotated_video_that_does_not_read_back_is_removed(workdir, tmp_path, capsys, monkeypatch):
-  video = tmp_path / "clip.mp4"
-  write_video(video, frames=4)
-  # Frames counted but lost on the way to the file, as on a full disk (OpenCV reports no write errors).
-  monkeypatch.setattr(predict_output.AnnotatedVideo, "write", lambda self, frame: setattr(self, "frames",
-                                                                                            self.frames + 1))
-  annotated = tmp_path / "annotated"
-  code, err = run(["--workdir", workdir, str(video), "--no-detect", "--annotate", str(annotated)], capsys)
-  assert code == 3 and "cannot write the annotated video" in err and "0 of 4 frames came out" in err
-  assert [p for p in annotated.rglob("*") if p.is_file()] == []
 
 
 def test_camera_streams_the_rows_of_its_frames_and_smooth_means_the_last_k(workdir, tmp_path, capsys):
@@ -476,71 +245,6 @@ def test_smoother_follows_each_face_by_overlap():
   np.testing.assert_allclose(out, [(b + a) / 2])  # only the last 2 frames of that face
 
 
-def test_show_without_a_display_is_one_error_line(workdir, folder, capsys, monkeypatch):
-  monkeypatch.delenv("DISPLAY", raising=False)
-  monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-  code, err = run(["--workdir", workdir, "--show", str(folder / "face.png")], capsys)
-  assert code == 2 and err.strip().splitlines() == [
-      "predict: error: --show needs a display, and neither $DISPLAY nor $WAYLAND_DISPLAY is set."]
-  code, err = run(["--workdir", workdir], capsys)
-  assert code == 2 and "give INPUT files or folders, or --camera N" in err
-
-
-def test_without_yunet_predict_falls_back_to_haar_unless_asked_for_yunet(workdir, folder, capsys, monkeypatch):
-  def missing():
-    raise face_detection.DetectorUnavailableError("the YuNet detector needs the 'yuface' package.")
-  monkeypatch.setattr(face_detection, "_yunet_backend", missing)
-  code, err = run(["--workdir", workdir, str(folder / "face.png")], capsys)
-  assert code == 0 and "predict: note: the YuNet detector needs the 'yuface' package. Using the Haar cascade" in err
-  code, err = run(["--workdir", workdir, "--detector", "yunet", str(folder / "face.png")], capsys)
-  assert code == 2 and err.strip() == "predict: error: the YuNet detector needs the 'yuface' package."
-
-
-def test_yunet_finds_the_labelled_expw_faces_better_than_haar(real_data):
-  """Issue 16's bar on real scene photos: recall >= 85% at IoU 0.4, fewer false boxes per photo than Haar."""
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
-  import face_detection as bench  # bench/face_detection.py  pylint: disable=g-import-not-at-top
-
-  data = os.path.join(real_data, "expw_sample")
-  truth = bench.labelled_faces(data)
-  names = sorted(truth)[::4]  # 250 of the 999 photos
-  scores = {}
-  for name in ("yunet", "haar"):
-    detector = face_detection.create(name, video=False)
-    hits = false = 0
-    for image_name in names:
-      found = [(x, y, x + w, y + h) for x, y, w, h in detector(cv2.imread(os.path.join(data, "origin", image_name)))]
-      matched = bench.matches(truth[image_name], np.asarray(found, np.float64).reshape(-1, 4))
-      hits, false = hits + matched, false + len(found) - matched
-    scores[name] = (hits / sum(len(truth[n]) for n in names), false / len(names))
-  assert scores["yunet"][0] >= 0.85 and scores["yunet"][1] < scores["haar"][1], scores
-
-
-def test_yunet_leaves_the_openmp_setting_of_the_process_alone(monkeypatch):
-  """Its libgomp is set to one thread while it loads; subprocesses and oneDNN must not inherit that."""
-  monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-  face_detection.YuNetFaceDetector()
-  assert "OMP_NUM_THREADS" not in os.environ
-
-
-def two_face_scene() -> tuple[np.ndarray, tuple[int, int, int, int], tuple[int, int, int, int]]:
-  """A scene with a small face at the top left and a larger one lower right: (image, small box, large box)."""
-  image = scene(synthetic_face(3, 0), x=360, y=140, side=220)
-  image[60:180, 60:180] = cv2.resize(synthetic_face(5, 1), (120, 120))[..., None]
-  return image, (60, 60, 120, 120), (360, 140, 220, 220)
-
-
-@pytest.mark.parametrize("detector", ["yunet", "haar"])
-def test_detectors_put_the_largest_face_first(detector):
-  if detector == "haar" and not HAAR:
-    pytest.skip("this OpenCV has no Haar cascade")
-  image, small, large = two_face_scene()
-  for video in (True, False):
-    boxes = face_detection.create(detector, video=video)(image)
-    assert len(boxes) == 2, boxes
-    assert iou(boxes[0], large) > 0.4 and iou(boxes[1], small) > 0.4, boxes  # largest first, not reading order
-
-
 def test_predict_numbers_the_faces_of_a_frame_largest_first(workdir, tmp_path, capsys):
   image, small, large = two_face_scene()
   cv2.imwrite(str(tmp_path / "two.png"), image)
@@ -550,71 +254,6 @@ def test_predict_numbers_the_faces_of_a_frame_largest_first(workdir, tmp_path, c
   assert [r["face"] for r in rows] == ["0", "1"]
   assert iou(tuple(int(rows[0][k]) for k in "xywh"), large) > 0.4
   assert iou(tuple(int(rows[1][k]) for k in "xywh"), small) > 0.4
-
-
-def save_poisoned_steps(workdir: str, copy: pathlib.Path, synthetic_tiny_dir: str) -> None:
-  """Copies the run and adds step 9 with a NaN parameter and step 10 with an Inf one, both sealed."""
-  import jax
-
-  from fer_jax import checkpoint_checksums, checkpointing, train
-  from fer_jax.data import pipeline
-
-  shutil.copytree(workdir, copy)
-  config = tiny_config(synthetic_tiny_dir)
-  config.data.normalization = "standardize"  # as the workdir fixture trained
-  trainer = train.Trainer(config, str(copy))
-  manager = checkpointing.create_manager(str(copy), config)
-  state = checkpointing.restore(manager, 8, trainer.abstract_state)
-  train_iter = iter(pipeline.create_train_dataset(config))
-  for step, value in ((9, np.nan), (10, np.inf)):
-    leaves, treedef = jax.tree.flatten(state.params)
-    leaves[-1] = leaves[-1].at[0].set(value)
-    checkpointing.save(manager, step, state.replace(params=jax.tree.unflatten(treedef, leaves)), train_iter, None)
-  manager.wait_until_finished()
-  manager.close()
-  checkpoint_checksums.seal_finalized(checkpointing.checkpoint_dir(str(copy)))
-
-
-def test_predict_refuses_a_checkpoint_with_nan_or_inf_parameters(workdir, synthetic_tiny_dir, folder, tmp_path,
-                                                                 capsys):
-  copy = tmp_path / "run"
-  save_poisoned_steps(workdir, copy, synthetic_tiny_dir)
-  image = str(folder / "face.png")
-  for step in (9, 10):
-    out = tmp_path / f"step{step}.csv"
-    code, err = run(["--workdir", str(copy), "--step", str(step), image, "--no-detect", "-o", str(out)], capsys)
-    assert code == 2 and err.strip().splitlines() == [
-        f"predict: error: checkpoint {copy / 'checkpoints' / str(step)} holds NaN or Inf parameters (damaged, or "
-        "saved from a diverged run): use another step (--step N)."], err
-    assert not out.exists()
-  assert run(["--workdir", str(copy), "--step", "8", image, "--no-detect"], capsys)[0] == 0
-
-
-def test_unreadable_inputs_and_faceless_videos_give_their_error_rows(workdir, tmp_path, capsys):
-  (tmp_path / "empty.png").write_bytes(b"")
-  (tmp_path / "broken.mp4").write_bytes(b"not a video at all" * 100)
-  faceless = tmp_path / "faceless.mp4"
-  writer = cv2.VideoWriter(str(faceless), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (640, 480))
-  for i in range(3):
-    writer.write(np.full((480, 640, 3), 100 + 20 * i, np.uint8))
-  writer.release()
-  out = tmp_path / "rows.csv"
-  inputs = [str(tmp_path / n) for n in ("empty.png", "broken.mp4", "faceless.mp4")]
-  code, err = run(["--workdir", workdir, *inputs, "--detector", "yunet", "-o", str(out)], capsys)
-  assert code == 0, err  # the faceless video was read
-  assert [(r["file"], r["frame"], r["error"]) for r in read_csv(out)] == [
-      (inputs[0], "", "empty file"),
-      (inputs[1], "", "cannot read video (not a video, or this OpenCV has no decoder for it)"),
-      (inputs[2], "", "no face found in any of the 3 frames"),
-  ]
-  assert f"{inputs[2]}: no face found in any of the 3 frames" in err
-
-
-def test_a_camera_that_cannot_be_read_is_an_error_row(workdir, tmp_path, capsys):
-  out = tmp_path / "rows.csv"
-  code, err = run(["--workdir", workdir, "--camera", "97", "--no-detect", "-o", str(out)], capsys)
-  assert code == 1 and "predict: camera:97: cannot read camera 97" in err and "no input could be read" in err
-  assert [(r["file"], r["error"]) for r in read_csv(out)] == [("camera:97", "cannot read camera 97")]
 
 
 def test_dtype_sets_the_compute_dtype(workdir, folder, tmp_path, capsys):

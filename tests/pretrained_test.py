@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from fer_jax.serving import pretrained
-from predict_test import loaded, read_csv, run, synthetic_face, workdir  # noqa: F401  (fixtures)
+from prediction_fixtures import loaded, read_csv, run, synthetic_face, workdir  # noqa: F401  (fixtures)
 
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 # The bar the shipped model must hold on FER2013 PublicTest (issue 14; docs/MODEL_CARD.md).
