@@ -17,7 +17,8 @@
 #   bash bench/gpu_check.sh prepare      # writes .whl/ (11 MiB) and .gpu/ (39 MiB), both git-ignored, and checks
 #                                        # the wheels (bench/gpu_wheels_check.py; imports too where a Python 3.12 is)
 # Then with the device tool (GPU):
-#   run(command="bash bench/gpu_check.sh run", carry=[".whl", ".gpu"], timeout_s=480)
+#   run(command="bash bench/gpu_check.sh run", carry=[".whl", ".gpu"], timeout_s=480, kind="nvidia-h200")
+#   (the H200 named: issue 22's bars are set on one; a call without a kind gets an H100, the same image)
 # Results: $OUT/gpu_check.txt, train.log, train_short.log, train_warm.log and build.log come back; the numbers go
 # to docs/BENCHMARKS.md (GPU).
 #   bash bench/gpu_check.sh run --cpu_smoke   # every step, tiny, on this CPU: checks the script, measures nothing
