@@ -25,7 +25,7 @@ _TRAINED: dict[str, str] = {}  # one training run for every module that imports 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, synthetic_tiny_dir) -> str:
-  """One tiny training run (checkpoints at steps 4 and 8), standardized inputs: shared by every test here."""
+  """One tiny training run (checkpoints at steps 4 and 8), standardized inputs, trained once per session."""
   if "workdir" not in _TRAINED:
     from fer_jax import train
 
