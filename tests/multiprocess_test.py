@@ -12,7 +12,7 @@ reads the 1-process stream on every process and gives each process its rows
 of each global batch; then a real `Trainer.train()` with per-process
 pipelines (and a spawned grain worker per process) writes the checkpoint.
 
-Also here: the start-up detection rules (tests/launch_scripts_test.py: the launch/ scripts).
+Also here: the start-up detection rules. The launch/ scripts' dry runs are in tests/launch_scripts_test.py.
 """
 
 from __future__ import annotations
