@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 
 import cv2
 import jax

@@ -7,6 +7,11 @@ import pathlib
 
 import pytest
 
+# Session fixtures that several test modules ask for by name: the tiny training run the prediction, export
+# and checkpoint tests load (`workdir`, `loaded`, `folder`), and the tiny tfds dataset of the input pipeline
+# and record decoding tests (`data_dir`). A module may override a name with a fixture of its own.
+pytest_plugins = ("prediction_fixtures", "tiny_dataset")
+
 # The research-only real data lives beside the checkout (../shared/data), never inside it.
 REAL_DATA = pathlib.Path(os.environ.get(
     "FER_JAX_REAL_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"))

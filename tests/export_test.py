@@ -17,8 +17,7 @@ from fer_jax.serving import classifier, export, inference, predict
 
 pytest.importorskip("flatbuffers", reason="jax.export serialization needs the 'flatbuffers' package")
 
-# The tiny training run the prediction tests share (imported: pytest shares no fixtures between modules).
-from prediction_fixtures import folder, loaded, synthetic_face, workdir  # noqa: E402,F401  pylint: disable=unused-import
+from prediction_fixtures import synthetic_face  # noqa: E402
 
 
 @pytest.fixture(scope="module")

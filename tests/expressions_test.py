@@ -11,7 +11,7 @@ import pytest
 
 import fer_jax
 from fer_jax.serving import expressions, pretrained, predict
-from prediction_fixtures import PASTE, iou, loaded, scene, synthetic_face, workdir  # noqa: F401  pylint: disable=unused-import
+from prediction_fixtures import PASTE, iou, scene, synthetic_face
 
 CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 

@@ -13,7 +13,7 @@ import pytest
 
 from fer_jax import config_schema
 from fer_jax.data import builders, pipeline, stats, tfexample
-from tiny_dataset import EMOTIONS, SPLIT_SIZES, FerTinyTest, data_dir  # noqa: F401  (fixtures)
+from tiny_dataset import EMOTIONS, SPLIT_SIZES, FerTinyTest
 
 
 def make_config(data_dir: str, **data_overrides) -> ml_collections.ConfigDict:

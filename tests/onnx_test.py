@@ -15,9 +15,6 @@ from fer_jax.serving import export, onnx_model, predict
 pytest.importorskip("jax2onnx", reason="ONNX export needs the 'onnx' extra (pip install 'fer_jax[onnx]')")
 pytest.importorskip("onnxruntime", reason="ONNX prediction needs onnxruntime")
 
-# The tiny training run the prediction tests share (imported: pytest shares no fixtures between modules).
-from prediction_fixtures import folder, loaded, synthetic_face, workdir  # noqa: E402,F401  pylint: disable=unused-import
-
 
 @pytest.fixture(scope="module")
 def onnx_file(workdir, tmp_path_factory) -> str:

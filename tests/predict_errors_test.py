@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fer_jax.serving import face_detection, predict_output
-from prediction_fixtures import folder, read_csv, run, workdir, write_video  # noqa: F401  (fixtures)
+from prediction_fixtures import read_csv, run, write_video
 from train_test import tiny_config
 
 

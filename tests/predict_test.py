@@ -13,8 +13,7 @@ import pytest
 
 from fer_jax.serving import classifier as classifier_lib
 from fer_jax.serving import face_detection, inference, predict, predict_output, smoothing
-from prediction_fixtures import (HAAR, PASTE, folder, iou, loaded, read_csv, run, scene,  # noqa: F401  (fixtures)
-                                 synthetic_face, two_face_scene, workdir, write_video)
+from prediction_fixtures import HAAR, PASTE, iou, read_csv, run, scene, synthetic_face, two_face_scene, write_video
 
 
 def test_preprocessing_rules():

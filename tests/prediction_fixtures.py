@@ -1,7 +1,7 @@
 """What the prediction tests share: one tiny training run, synthetic scenes with a face, and predict's CLI.
 
-Test modules import the fixtures they use from here (pytest shares no fixtures between modules itself);
-the training run is cached so that all of them load the same checkpoints.
+The fixtures (`workdir`, `loaded`, `folder`) are session fixtures that every test module may ask for by name
+(tests/conftest.py loads this module as a plugin): one training run serves them all. The helpers are imported.
 """
 
 from __future__ import annotations
@@ -20,24 +20,19 @@ HAAR = face_detection.haar_available()
 PASTE = (200, 140, 192)  # x, y, side of the face pasted into the 640x480 scene
 
 
-_TRAINED: dict[str, str] = {}  # one training run for every module that imports these
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def workdir(tmp_path_factory, synthetic_tiny_dir) -> str:
   """One tiny training run (checkpoints at steps 4 and 8), standardized inputs, trained once per session."""
-  if "workdir" not in _TRAINED:
-    from fer_jax import train
+  from fer_jax import train
 
-    config = tiny_config(synthetic_tiny_dir)
-    config.data.normalization = "standardize"
-    path = str(tmp_path_factory.mktemp("run"))
-    train.train_and_evaluate(config, path)
-    _TRAINED["workdir"] = path
-  return _TRAINED["workdir"]
+  config = tiny_config(synthetic_tiny_dir)
+  config.data.normalization = "standardize"
+  path = str(tmp_path_factory.mktemp("run"))
+  train.train_and_evaluate(config, path)
+  return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def loaded(workdir) -> inference.LoadedModel:
   return inference.load(workdir)
 
@@ -64,7 +59,7 @@ def iou(a, b) -> float:
   return w * h / (aw * ah + bw * bh - w * h)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def folder(tmp_path_factory) -> pathlib.Path:
   """photos/: a face in a scene, an unreadable file, a blank image, an empty subfolder, a text file."""
   root = tmp_path_factory.mktemp("inputs") / "photos"

@@ -8,14 +8,14 @@ import cv2
 import numpy as np
 
 from fer_jax.serving import pretrained
-from prediction_fixtures import loaded, read_csv, run, synthetic_face, workdir  # noqa: F401  (fixtures)
+from prediction_fixtures import read_csv, run, synthetic_face
 
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 # The bar the shipped model must hold on FER2013 PublicTest (issue 14; docs/MODEL_CARD.md).
 SHIPPED_PUBLIC_TEST_BAR = 0.68
 
 
-def test_a_bundle_predicts_what_its_checkpoint_predicts(loaded, tmp_path, capsys):  # noqa: F811
+def test_a_bundle_predicts_what_its_checkpoint_predicts(loaded, tmp_path, capsys):
   weights = tmp_path / "weights"
   pretrained.write(loaded, str(weights / "tiny"), extra={"validation_accuracy": "0.5"})
   assert pretrained.available(str(weights)) == ["tiny"]
@@ -25,7 +25,7 @@ def test_a_bundle_predicts_what_its_checkpoint_predicts(loaded, tmp_path, capsys
   np.testing.assert_array_equal(bundled.classifier()(faces), loaded.classifier()(faces))
 
 
-def test_a_bundle_can_be_served_in_another_dtype_than_it_trained_in(loaded, tmp_path):  # noqa: F811
+def test_a_bundle_can_be_served_in_another_dtype_than_it_trained_in(loaded, tmp_path):
   """A bfloat16-trained run bundled with --dtype float32 serves in float32 and remembers how it trained."""
   loaded.card["config"]["dtype"] = "bfloat16"
   try:

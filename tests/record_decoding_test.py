@@ -7,7 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from fer_jax.data import tfexample
-from tiny_dataset import FerTinyTest, data_dir, example  # noqa: F401  (fixtures)
+from tiny_dataset import FerTinyTest, example
 
 
 def assert_decoded_equal(got, expected):

@@ -1,7 +1,8 @@
 """A tiny tfds dataset built in the test session, whose images say which example and split they are.
 
-Shared by the input pipeline's tests and the record decoder's; imported, since pytest shares no fixtures
-between modules.
+Shared by the input pipeline's tests and the record decoder's: `data_dir` is a session fixture every test
+module may ask for (tests/conftest.py loads this module as a plugin; train_test and multiprocess_test
+override the name with their own synthetic dataset).
 """
 
 from __future__ import annotations
@@ -55,16 +56,11 @@ def example(features, image, label, id_):
   return out
 
 
-_BUILT: dict[str, str] = {}  # one build for every module that imports the fixture
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> str:
-  """The four configs of FerTinyTest, built as ArrayRecord files."""
-  if "data_dir" not in _BUILT:
-    tfds.disable_progress_bar()
-    path = str(tmp_path_factory.mktemp("tfds"))
-    for name in ("gray12", "rgb16", "zlib12", "bytes12"):
-      FerTinyTest(data_dir=path, config=name, file_format="array_record").download_and_prepare()
-    _BUILT["data_dir"] = path
-  return _BUILT["data_dir"]
+  """The four configs of FerTinyTest, built once per session as ArrayRecord files."""
+  tfds.disable_progress_bar()
+  path = str(tmp_path_factory.mktemp("tfds"))
+  for name in ("gray12", "rgb16", "zlib12", "bytes12"):
+    FerTinyTest(data_dir=path, config=name, file_format="array_record").download_and_prepare()
+  return path
