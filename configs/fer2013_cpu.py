@@ -44,7 +44,7 @@ def get_config():
   config.batch_size = 128
   config.eval_batch_size = 512
   config.optimizer = "sgd"
-  config.learning_rate = 0.05
+  config.learning_rate = 0.05          # 0.03: 70% one validation sooner, 0.2 points lower at the end (3 seeds)
   config.momentum = 0.9
   config.nesterov = True
   config.weight_decay = 5e-4
