@@ -7,8 +7,8 @@ import pathlib
 
 import pytest
 
-# Session fixtures that several test modules ask for by name: the tiny training run the prediction, export
-# and checkpoint tests load (`workdir`, `loaded`, `folder`), and the tiny tfds dataset of the input pipeline
+# Session fixtures that several test modules ask for by name: the tiny training run the prediction, export,
+# ONNX and bundle tests load (`workdir`, `loaded`, `folder`), and the tiny tfds dataset of the input pipeline
 # and record decoding tests (`data_dir`). A module may override a name with a fixture of its own.
 pytest_plugins = ("prediction_fixtures", "tiny_dataset")
 
