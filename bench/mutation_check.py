@@ -159,6 +159,14 @@ MUTATIONS: tuple[Mutation, ...] = (
        "fer_jax/checkpointing.py", "  if problems:\n    raise DamagedCheckpointError(",
        "  if False:\n    raise DamagedCheckpointError(",
        "tests/checkpoint_integrity_test.py::test_resume_with_every_step_damaged_stops_with_one_line"),
+    _m("setup_without_the_state_layout", "the recorded setup leaves out the state's layout (ema_decay, clipping, ...)",
+       "fer_jax/workdir_guard.py", '    setup["state_layout"] = state_layout(abstract_state)', "    pass",
+       "tests/workdir_guard_test.py::"
+       "test_a_rerun_that_adds_a_moving_average_is_refused_and_its_checkpoints_are_kept"),
+    _m("intact_step_that_does_not_fit_is_moved", "an intact step that does not restore is moved away as damaged",
+       "fer_jax/checkpointing.py", "      if verified:\n", "      if False:\n",
+       "tests/workdir_guard_test.py::"
+       "test_an_intact_checkpoint_that_does_not_fit_the_state_is_not_called_damaged"),
     _m("resume_without_the_iterator", "resume restores the state but not the input iterator's position",
        "fer_jax/checkpointing.py", "state = restore(manager, step, abstract_state, data_iterator)",
        "state = restore(manager, step, abstract_state)",

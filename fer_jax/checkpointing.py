@@ -110,14 +110,16 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
   return manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
 
-def verify(workdir: str, step: int) -> None:
-  """Raises DamagedCheckpointError when step's files do not match their checksums; warns when it has none."""
+def verify(workdir: str, step: int) -> bool:
+  """True when step's files match their checksums, False (with a warning) when it has none; raises
+  DamagedCheckpointError when they do not match."""
   seconds = checkpoint_checksums.verify(step_dir(workdir, step))
   if seconds is None:
     logging.warning("Checkpoint step %d in %s has no checksums (saved before fer_jax wrote them, or its run "
                     "stopped right after saving it): read without verification.", step, checkpoint_dir(workdir))
-  else:
-    logging.info("Checkpoint step %d verified against its checksums in %.3f s.", step, seconds)
+    return False
+  logging.info("Checkpoint step %d verified against its checksums in %.3f s.", step, seconds)
+  return True
 
 
 def restore_newest_intact(manager: ocp.CheckpointManager, workdir: str, abstract_state: Any,
@@ -125,18 +127,28 @@ def restore_newest_intact(manager: ocp.CheckpointManager, workdir: str, abstract
   """(state, step) of the newest step that verifies and restores; None when there is no step.
 
   A damaged step is named in a warning and moved to WORKDIR/damaged_checkpoints (by process 0), never used;
-  when every step is damaged, DamagedCheckpointError.
+  when every step is damaged, DamagedCheckpointError. A step whose files match their checksums is intact: when
+  it does not restore into `abstract_state` (the config changed the state's layout), WorkdirError, and nothing
+  is moved.
   """
   steps = sorted(manager.all_steps(), reverse=True)
   problems = []
   for step in steps:
+    verified = False
     try:
-      verify(workdir, step)
+      verified = verify(workdir, step)
       start = time.perf_counter()
       state = restore(manager, step, abstract_state, data_iterator)
       logging.info("Restored checkpoint step %d in %.2f s.", step, time.perf_counter() - start)
     except Exception as e:  # pylint: disable=broad-except  (orbax raises many types for a damaged step)
       reason = checkpoint_checksums.describe(e)
+      if verified:
+        raise WorkdirError(
+            f"Checkpoint step {step} in {checkpoint_dir(workdir)} is intact (its files match their checksums) "
+            f"but does not restore into this run's training state ({reason}): the config differs from the one "
+            "it was saved with in a field that shapes the state (ema_decay 0 or not, grad_clip_norm, "
+            "weight_decay, schedule=plateau, the model), or the orbax/optax versions do. Rerun with the config "
+            f"in {os.path.join(workdir, 'model.json')}, or train in a new --workdir.") from None
       problems.append(f"step {step}: {reason}")
       logging.warning("Checkpoint step %d in %s is damaged (%s): not used; it goes to %s.", step,
                       checkpoint_dir(workdir), reason, damaged_dir(workdir))

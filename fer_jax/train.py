@@ -268,7 +268,8 @@ class Trainer:
     """
     config, workdir = self.config, self.workdir
     with self.startup.phase("workdir checks"):
-      setup = workdir_guard.setup_of(config, image_shape=self.info.image_shape, process_count=jax.process_count())
+      setup = workdir_guard.setup_of(config, image_shape=self.info.image_shape, process_count=jax.process_count(),
+                                    abstract_state=self.abstract_state)
       workdir_guard.check_setup(workdir, setup)
       size = checkpointing.state_bytes(self.abstract_state)
       keep = config.keep_checkpoints + config.keep_best_checkpoints

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import itertools
 import json
 import os
 import socket
 from typing import Any
 
+import jax
 from absl import logging
 
 from fer_jax.checkpointing import WorkdirError
@@ -97,9 +99,28 @@ def _setup_fields(config: Any) -> dict[str, Any]:
   return json.loads(json.dumps(flat))  # tuples -> lists, as they come back from the file
 
 
-def setup_of(config: Any, *, image_shape: tuple[int, ...], process_count: int) -> dict[str, Any]:
-  """What this run's checkpoints and data order depend on: SETUP_FIELDS, input shape, process count."""
-  return {**_setup_fields(config), "image_shape": list(image_shape), "process_count": process_count}
+def state_layout(abstract_state: Any) -> list[str]:
+  """The training state's parts down to where a parameter tree starts: `.params`, `.ema_params` (the moving
+  average), `.opt_state[1][0].trace` (each optimizer transform's state, by its place in the chain), ....
+
+  Config fields outside SETUP_FIELDS add or move parts (ema_decay 0 or not, grad_clip_norm, weight_decay,
+  schedule=plateau), and a checkpoint restores only into the layout it was saved with.
+  """
+  parts = set()
+  for path, _ in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
+    outer = itertools.takewhile(lambda key: not isinstance(key, jax.tree_util.DictKey), path)
+    parts.add(jax.tree_util.keystr(tuple(outer)))
+  return sorted(parts)
+
+
+def setup_of(config: Any, *, image_shape: tuple[int, ...], process_count: int,
+             abstract_state: Any = None) -> dict[str, Any]:
+  """What this run's checkpoints and data order depend on: SETUP_FIELDS, input shape, process count and, given
+  the abstract training state, its layout."""
+  setup = {**_setup_fields(config), "image_shape": list(image_shape), "process_count": process_count}
+  if abstract_state is not None:
+    setup["state_layout"] = state_layout(abstract_state)
+  return setup
 
 
 def _recorded_setup(workdir: str) -> tuple[dict[str, Any] | None, str]:
@@ -127,12 +148,20 @@ def check_setup(workdir: str, setup: dict[str, Any]) -> None:
   # Compared: what was recorded, and every model keyword argument (one added or dropped counts too).
   fields = sorted(set(stored) | {k for k in setup if k.startswith("model_kwargs.")})
   unset = "(unset)"
-  changed = [f"{k}: {stored.get(k, unset)!r} -> {setup.get(k, unset)!r}" for k in fields
+  changed = [_change(k, stored.get(k, unset), setup.get(k, unset)) for k in fields
              if stored.get(k, unset) != setup.get(k, unset)]
   if changed:
     raise WorkdirError(
         f"{workdir} was trained with another setup, which its checkpoints and data order depend on "
         f"({'; '.join(changed)}): rerun with the values recorded in {source}, or train in a new --workdir.")
+
+
+def _change(field: str, old: Any, new: Any) -> str:
+  if field == "state_layout" and isinstance(old, list) and isinstance(new, list):
+    moved = [f"-{part}" for part in old if part not in new] + [f"+{part}" for part in new if part not in old]
+    return (f"state_layout: {' '.join(moved)} (ema_decay 0 or not, grad_clip_norm, weight_decay or "
+            "schedule=plateau changed)")
+  return f"{field}: {old!r} -> {new!r}"
 
 
 def record_setup(workdir: str, setup: dict[str, Any]) -> None:

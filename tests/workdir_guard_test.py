@@ -81,6 +81,26 @@ def test_a_workdir_older_than_setup_json_is_checked_against_its_model_json(train
   assert not (trained / workdir_guard.SETUP_FILE).exists()
 
 
+def test_a_rerun_that_adds_a_moving_average_is_refused_and_its_checkpoints_are_kept(trained, synthetic_tiny_dir):
+  config = tiny_config(synthetic_tiny_dir)
+  config.ema_decay = 0.99  # adds .ema_params to the state: the checkpoints cannot restore into it
+  with pytest.raises(checkpointing.WorkdirError, match=r"state_layout: \+\.ema_params \(ema_decay"):
+    train.Trainer(config, str(trained)).train()
+  assert sorted(os.listdir(checkpointing.checkpoint_dir(str(trained)))) == ["4", "8"]
+
+
+def test_an_intact_checkpoint_that_does_not_fit_the_state_is_not_called_damaged(trained, synthetic_tiny_dir):
+  setup = json.loads((trained / workdir_guard.SETUP_FILE).read_text())
+  del setup["state_layout"]  # as a workdir recorded before the layout was
+  (trained / workdir_guard.SETUP_FILE).write_text(json.dumps(setup))
+  config = tiny_config(synthetic_tiny_dir)
+  config.grad_clip_norm = 1.0  # moves the optimizer's state one place down its chain
+  with pytest.raises(checkpointing.WorkdirError, match="Checkpoint step 8 in .* is intact .* does not restore"):
+    train.Trainer(config, str(trained)).train()
+  assert sorted(os.listdir(checkpointing.checkpoint_dir(str(trained)))) == ["4", "8"]
+  assert not (trained / "damaged_checkpoints").exists()
+
+
 def test_the_eval_job_works_beside_a_held_lock(trained, synthetic_tiny_dir):
   with workdir_guard.TrainerLock(str(trained)):
     assert eval_job.run(tiny_config(synthetic_tiny_dir), str(trained)) == [4, 8]
