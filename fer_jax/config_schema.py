@@ -72,7 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.grad_clip_norm = 0.0                 # 0 = off.
   c.schedule = "constant"
   c.warmup_epochs = 0.0
-  c.step_every_epochs = 30.0             # schedule=step: multiply by step_factor every this many epochs.
+  c.step_every_epochs = 30.0             # schedule=step: multiply by step_factor every this many epochs (after warmup).
   c.step_factor = 0.1
   c.plateau_patience_epochs = 5          # schedule=plateau: epochs without train-loss gain before decay.
   c.plateau_factor = 0.5
@@ -172,6 +172,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
     raise ConfigError(
         f"config.model_kwargs sets {', '.join(unknown)}, which model {config.model!r} does not take (it takes "
         f"{', '.join(model_fields(config.model))}): start from a config written for {config.model!r}, or drop them.")
+  if not config.data.augment.enabled and config.data.augment.crop_size:
+    _fail("data.augment.enabled", False, f"not with data.augment.crop_size={config.data.augment.crop_size}: the "
+          "random crop is part of the augmentation, so the model would train on whole images and be validated and "
+          "served on crops; set --config.data.augment.crop_size=0 as well (and views without crops)")
   try:
     augment.AugmentConfig.from_config(config.data.augment)
   except ValueError as e:
@@ -216,3 +220,18 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
             f"use a multiple of {num_devices}, e.g. {max(1, config[field] // num_devices) * num_devices}")
     if config[field] % process_count:
       _fail(field, config[field], f"must divide evenly over the {process_count} processes")
+
+
+def check_splits(config: ml_collections.ConfigDict, info: Any, fields: tuple[str, ...]) -> None:
+  """ConfigError before any compute when a split these dotted config fields name is missing or empty in the
+  dataset (`info`: fer_jax.data.builders.DatasetInfo)."""
+  have = ", ".join(f"{k} ({n})" for k, n in sorted(info.num_examples.items())) or "none"
+  for field in fields:
+    split = config
+    for part in field.split("."):
+      split = split[part]
+    if info.num_examples.get(split, 0) <= 0:
+      state = "is empty" if split in info.num_examples else "does not exist"
+      raise ConfigError(
+          f"config.{field}={split!r}: that split of {info.name} in {info.data_dir} {state}; its splits are "
+          f"{have}. Set --config.{field} to one of them, or rebuild the dataset with that split.")

@@ -55,6 +55,16 @@ def test_ten_crop_needs_a_crop_size():
     config_schema.validate(config, num_devices=1)
 
 
+def test_augmentation_off_with_a_crop_size_is_refused():
+  config = load(CONFIGS[0].with_name("fer2013_cpu.py"))
+  config.data.augment.enabled = False  # the crop goes with it: whole faces in training, crops at validation
+  with pytest.raises(ValueError, match="config.data.augment.enabled=False.*crop_size=40.*crop_size=0"):
+    config_schema.validate(config, num_devices=1)
+  config.data.augment.crop_size = 0
+  config.validation_view, config.eval.tta = "plain", "flip"
+  config_schema.validate(config, num_devices=1)
+
+
 def test_validation_view_is_checked():
   config = load(CONFIGS[0])
   config.validation_view = "ten_crop"
