@@ -56,6 +56,7 @@ class CheckpointEvaluator:
     self.split = config.eval.split
     self.views = ["plain", *config_schema.tta_views(config)]
     self.info = builders.ensure_built_once(config)
+    config_schema.check_splits(config, self.info, ("eval.split",))
     setup = model_factory.training_setup(config, self.info)
     self.total_steps = setup.total_steps
     mesh = parallel.create_mesh()
@@ -63,9 +64,13 @@ class CheckpointEvaluator:
     self.evaluator = evaluation.Evaluator(setup.model.apply, mesh, num_classes=self.info.num_classes,
                                           crop_size=config.data.augment.crop_size)
 
-  def evaluate(self, manager: Any, step: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  def restore(self, manager: Any, workdir: str, step: int) -> dict[str, Any]:
+    """The step's inference variables, its files verified first (DamagedCheckpointError when they differ)."""
+    checkpointing.verify(workdir, step)
+    return model_factory.model_variables(checkpointing.restore(manager, step, self.abstract_state))
+
+  def evaluate(self, variables: dict[str, Any], step: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The step's metrics per view, and its images: the confusion matrix and a grid of sample predictions."""
-    variables = model_factory.model_variables(checkpointing.restore(manager, step, self.abstract_state))
     report: dict[str, Any] = {"step": step, "split": self.split, "dataset": self.config.data.name}
     names = list(self.info.class_names)
     for view in self.views:
@@ -109,11 +114,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, idle_timeout_s: floa
       steps = sorted(s for s in manager.all_steps() if s not in done and s not in unreadable)
     steps = distributed.from_process_0(steps)  # Every process scores the same steps (process 0's view).
     for step in steps:
-      try:
-        checkpointing.verify(workdir, step)
-        report, images = evaluator.evaluate(manager, step)
-      except builders.DatasetDamagedError:
-        raise  # The data, not the checkpoint: recording the step as unreadable would hide it.
+      try:  # Only reading the checkpoint: a failure while scoring is the data's or the machine's, not the step's.
+        variables = evaluator.restore(manager, workdir, step)
       except Exception as e:  # pylint: disable=broad-except  (orbax raises many types for a damaged step)
         if not os.path.isdir(checkpointing.step_dir(workdir, step)):  # Deleted by the trainer's retention policy.
           logging.warning("Skipping checkpoint %d: it was deleted before it could be read.", step)
@@ -122,6 +124,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, idle_timeout_s: floa
         logging.warning("Checkpoint step %d is damaged (%s): recorded as unreadable in %s; going on.", step,
                         unreadable[step], done_path)
       else:
+        report, images = evaluator.evaluate(variables, step)
         scalars = {}
         for view in evaluator.views:
           suffix = "" if view == "plain" else f"_{view}"

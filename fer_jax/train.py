@@ -92,18 +92,6 @@ def balanced_class_weights(label_counts: np.ndarray) -> np.ndarray:
   return weights.astype(np.float32)
 
 
-def check_splits(config: ml_collections.ConfigDict, info: Any) -> None:
-  """ConfigError before any compute when the split to train on or to validate on is missing or empty."""
-  have = ", ".join(f"{k} ({n})" for k, n in sorted(info.num_examples.items())) or "none"
-  for field in ("train_split", "eval_split"):
-    split = config.data[field]
-    if info.num_examples.get(split, 0) <= 0:
-      state = "is empty" if split in info.num_examples else "does not exist"
-      raise config_schema.ConfigError(
-          f"config.data.{field}={split!r}: that split of {info.name} in {info.data_dir} {state}; its splits are "
-          f"{have}. Set --config.data.{field} to one of them, or rebuild the dataset with that split.")
-
-
 # After dispatching step k the loop waits for step k - MAX_STEPS_IN_FLIGHT: the device always has work queued,
 # yet a SIGTERM meets at most this many unfinished steps (instead of all the loop raced ahead to).
 MAX_STEPS_IN_FLIGHT = 2
@@ -134,7 +122,7 @@ class Trainer:
     with self.startup.phase("dataset open"):
       builders.ensure_built_once(config)  # process 0 builds, the others wait
       self.info = builders.dataset_info(config)
-      check_splits(config, self.info)
+      config_schema.check_splits(config, self.info, ("data.train_split", "data.eval_split"))
     with self.startup.phase("model setup"):
       self._set_up_model(config)
 

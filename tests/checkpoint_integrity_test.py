@@ -25,7 +25,7 @@ import jax
 import numpy as np
 import pytest
 
-from fer_jax import checkpoint_checksums, checkpointing, eval_job, train
+from fer_jax import checkpoint_checksums, checkpointing, eval_job, evaluation, train
 from fer_jax.serving import predict
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -117,6 +117,17 @@ def test_eval_job_records_a_damaged_step_and_goes_on(run_copy, synthetic_tiny_di
   record = json.loads((run_copy / "eval" / "validation" / "evaluated.json").read_text())
   assert record["evaluated_steps"] == [4] and list(record["unreadable_steps"]) == ["8"]
   assert not (run_copy / "eval" / "validation" / "step_8").exists()
+
+
+def test_eval_job_stops_on_a_scoring_failure_without_calling_the_step_damaged(run_copy, synthetic_tiny_dir,
+                                                                               monkeypatch):
+  def out_of_memory(*args, **kwargs):
+    raise RuntimeError("RESOURCE_EXHAUSTED: out of memory while scoring")
+  monkeypatch.setattr(evaluation.Evaluator, "confusion", out_of_memory)
+  with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
+    eval_job.run(tiny_config(synthetic_tiny_dir), str(run_copy))
+  record = run_copy / "eval" / "validation" / "evaluated.json"
+  assert not record.exists() or not json.loads(record.read_text())["unreadable_steps"]
 
 
 @pytest.mark.parametrize("damage", DAMAGES, ids=lambda f: f.__name__)

@@ -141,6 +141,17 @@ def test_missing_split_is_one_error_line_before_any_compute(tmp_path, synthetic_
   assert not workdir.exists()
 
 
+def test_eval_job_on_a_missing_split_stops_before_reading_a_step(tmp_path, synthetic_tiny_dir, monkeypatch):
+  # FER2013 built from image folders without PublicTest_/PrivateTest_ names has no validation split.
+  built = builders.ensure_built_once
+  monkeypatch.setattr(builders, "ensure_built_once", lambda config: built(config)._replace(
+      num_examples={"train": 350, "test": 70}))
+  (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+  with pytest.raises(ValueError, match="config.eval.split='validation': that split of synthetic_faces in .* does "
+                     r"not exist; its splits are test \(70\), train \(350\). Set --config.eval.split"):
+    eval_job.run(tiny_config(synthetic_tiny_dir), str(tmp_path / "run"))
+
+
 def test_missing_dataset_names_the_folder_and_how_to_build(tmp_path):
   empty = tmp_path / "tfds"
   out = run_cli("--config", "configs/fer2013_cnn.py", "--workdir", str(tmp_path / "run"),
