@@ -326,8 +326,10 @@ class Trainer:
             in_flight.popleft().block_until_ready()
           if itstime(step, config.log_every_steps, self.total_steps):
             skipped += self._check_finite(pending_finite, manager)
-            last = progress.report(step, float(self.schedule(step)) * float(jax.device_get(
-                optimizers.plateau_scale(state.opt_state))))
+            # The rate of this step's update: optax counts updates from 0, so step k's is schedule(k - 1).
+            learning_rate = float(self.schedule(step - 1)) * float(jax.device_get(
+                optimizers.plateau_scale(state.opt_state)))
+            last = progress.report(step, learning_rate)
             if config.nonfinite == "skip":
               last["nonfinite_skipped"] = float(skipped)  # In this window.
               skipped = 0
@@ -337,7 +339,8 @@ class Trainer:
           validate = save or itstime(step, config.eval_every_steps, self.total_steps)
           if validate or preempt:
             skipped += self._check_finite(pending_finite, manager)  # Never validate or save a NaN state.
-          val = self.validate(state, stop=signalled) if validate and not preempt else None
+          with progress.excluded():  # Validation time is not training throughput.
+            val = self.validate(state, stop=signalled) if validate and not preempt else None
           if val is not None:
             writer.write_scalars(step, val)
             last.update(val)
@@ -346,7 +349,6 @@ class Trainer:
                          val["val_loss"], val[checkpointing.VAL_ACCURACY],
                          f" (moving average; raw parameters {val['raw_val_accuracy']:.4f})" if "raw_val_accuracy"
                          in val else "")
-            progress.restart_clock()  # Validation time is not training throughput.
           preempt = preempt or (validate and val is None)  # A SIGTERM cut the validation short.
           if save or preempt:  # A preemption save is not validated: kept by latest-N, not ranked among the best.
             checkpointing.save(manager, step, state, train_iter, metrics=val if save and not preempt else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -100,6 +101,12 @@ def test_every_optional_path_trains_and_evaluates(tmp_path, data_dir):
   report = json.loads((tmp_path / "run/eval/validation/step_4/metrics.json").read_text())
   assert {"plain", "flip", "ten_crop"} <= set(report)
   assert report["ten_crop"]["num_examples"] == report["plain"]["num_examples"] == 70
+
+
+def test_the_logged_learning_rate_is_the_one_the_last_update_used(tmp_path, data_dir):
+  last = tiny_run(data_dir, str(tmp_path / "run"), schedule="warmup_cosine", learning_rate=0.01)
+  # Cosine to 0 over 8 updates: the 8th update (optax's count 7) used 0.01 * (1 + cos(7 pi / 8)) / 2, not 0.
+  assert last["learning_rate"] == pytest.approx(0.01 * (1 + math.cos(7 * math.pi / 8)) / 2, rel=1e-5)
 
 
 def test_balanced_class_weights(data_dir):
