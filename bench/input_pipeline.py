@@ -116,7 +116,6 @@ def main() -> None:
 
   cv2.setNumThreads(1)
   if args.dataset == "synthetic_faces":
-    from fer_jax.data import builders  # pylint: disable=g-import-not-at-top
     builders.build("synthetic_faces", data_dir=args.data_dir)
   if args.dataset:
     name, builder_config = args.dataset, None
