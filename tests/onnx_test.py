@@ -12,7 +12,7 @@ import pytest
 
 from fer_jax.serving import export, onnx_model, predict
 
-pytest.importorskip("jax2onnx", reason="ONNX export needs the 'onnx' extra (pip install 'fer_jax[onnx]')")
+pytest.importorskip("jax2onnx", reason="ONNX export needs the 'onnx' extra (pip install -e '.[onnx]')")
 pytest.importorskip("onnxruntime", reason="ONNX prediction needs onnxruntime")
 
 

@@ -41,7 +41,8 @@ def export(loaded: Any, output: str, *, tta: str = "none", overwrite: bool = Fal
       import onnx  # pylint: disable=g-import-not-at-top
       from jax2onnx import to_onnx  # pylint: disable=g-import-not-at-top
     except ImportError as e:
-      raise ModelLoadError(f"ONNX export needs jax2onnx and onnx ({e}): pip install 'fer_jax[onnx]'.") from None
+      raise ModelLoadError(f"ONNX export needs jax2onnx and onnx ({e}): pip install -e '.[onnx]' in the "
+                           "checkout.") from None
     try:
       model = to_onnx(lambda faces: probabilities(loaded.variables, faces),
                       [jax.ShapeDtypeStruct(("B", *loaded.prep.image_shape), jnp.uint8)])
