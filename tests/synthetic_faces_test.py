@@ -119,3 +119,20 @@ def test_builder_tiny_config_round_trip(tmp_path):
     assert images.shape == (size, 48, 48, 1) and images.dtype == np.uint8
     np.testing.assert_array_equal(
         images[..., 0], sf.draw_faces(labels, config.seed, stream=stream, difficulty=config.difficulty))
+
+
+def test_a_dataset_built_with_set_trains_under_the_name_the_build_gave_it(tmp_path):
+  """`fer_jax.data build synthetic_faces --config tiny --set seed=3` writes `tiny.seed=3`; the trainer's
+  `--config.data.config=tiny.seed=3` reads that build, not the plain `tiny`."""
+  from fer_jax import config_schema
+  from fer_jax.data import builders
+
+  built = builders.build("synthetic_faces", config="tiny", data_dir=str(tmp_path), overrides={"seed": 3})
+  assert built.builder_config.name == "tiny.seed=3"
+  config = config_schema.base_config()
+  config.data.name, config.data.config, config.data.data_dir = "synthetic_faces", "tiny.seed=3", str(tmp_path)
+  info = builders.dataset_info(config)
+  assert info.data_dir == str(built.data_dir)
+  assert builders.make_builder("synthetic_faces", config="tiny.seed=3").builder_config.seed == 3
+  assert builders.parse_overrides(["margin=0.3", "channels=1", "fill=noise"]) == {
+      "margin": 0.3, "channels": 1, "fill": "noise"}

@@ -21,7 +21,7 @@ import tensorflow_datasets as tfds
 from fer_jax import quiet_logs
 from fer_jax.data import shards
 from fer_jax.data.builders import AUTO_BUILD, BUILDER_MODULES, DEFAULT_DATA_DIR, DatasetDamagedError, build
-from fer_jax.data.builders import make_builder
+from fer_jax.data.builders import make_builder, parse_overrides
 
 
 def _print_info(builder: tfds.core.DatasetBuilder) -> None:
@@ -54,15 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
       p.add_argument("--no_verify", action="store_true", help="skip reading every record to check the files")
   args = parser.parse_args(argv)
-  overrides = {}
-  for item in args.set:
-    if "=" not in item:
-      parser.error(f"--set expects FIELD=VALUE, got {item!r}")
-    key, value = item.split("=", 1)
-    try:
-      overrides[key] = json.loads(value)  # Numbers, booleans, lists; anything else stays a string.
-    except json.JSONDecodeError:
-      overrides[key] = value
+  try:
+    overrides = parse_overrides(args.set)
+  except ValueError as e:
+    parser.error(f"--set {e}")
   try:
     if args.command == "build":
       builder = build(args.name, manual_dir=args.manual_dir, config=args.config, data_dir=args.data_dir,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import json
 import os
 import sys
 import textwrap
@@ -52,6 +53,9 @@ def make_builder(name: str, *, config: str | None = None, data_dir: str | None =
   builder_config = None
   if cls.BUILDER_CONFIGS:
     config = config or cls.BUILDER_CONFIGS[0].name  # "" (the config files' default) means the first config.
+    if config not in cls.builder_configs and "." in config:  # A name make_builder gave: "rgb96.margin=0.3,..".
+      config, named = config.split(".", 1)
+      overrides = {**parse_overrides(named.split(",")), **(overrides or {})}
     if config not in cls.builder_configs:
       raise ValueError(f"Unknown config {config!r} for {name}; known: {sorted(cls.builder_configs)}.")
     builder_config = cls.builder_configs[config]
@@ -72,6 +76,21 @@ def make_builder(name: str, *, config: str | None = None, data_dir: str | None =
       raise ValueError(f"Dataset {name} builds in one process; drop --num_workers.")
     extra["num_workers"] = num_workers
   return cls(data_dir=data_dir or DEFAULT_DATA_DIR, config=builder_config, file_format="array_record", **extra)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+  """["margin=0.3", "seed=1"] -> {"margin": 0.3, "seed": 1}: values read as JSON (numbers, booleans, lists),
+  else kept as strings. ValueError for an item without "="."""
+  overrides = {}
+  for item in items:
+    if "=" not in item:
+      raise ValueError(f"expected FIELD=VALUE, got {item!r}")
+    key, value = item.split("=", 1)
+    try:
+      overrides[key] = json.loads(value)
+    except json.JSONDecodeError:
+      overrides[key] = value
+  return overrides
 
 
 def build(name: str, *, manual_dir: str | None = None, config: str | None = None, data_dir: str | None = None,
