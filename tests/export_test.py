@@ -121,6 +121,18 @@ def test_errors_say_what_to_do(workdir, tmp_path, capsys):
     export.load(str(tmp_path / "future"))
 
 
+def test_an_nvidia_gpu_loads_an_artifact_exported_for_cuda(loaded, artifact, tmp_path, monkeypatch):
+  # What jax reports on a CUDA machine: the backend "gpu", the export platform "cuda".
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(jax.export, "default_export_platform", lambda: "cuda")
+  assert "cuda" in export.load(artifact).exported.platforms
+  cpu_only = str(tmp_path / "cpu_only.fer")
+  export.export_model(loaded, cpu_only, platforms=("cpu",))
+  with pytest.raises(export.ExportError, match=r"exported for \['cpu'\], not for this cuda backend: re-export "
+                     "with --platforms cuda"):
+    export.load(cpu_only)
+
+
 def test_preprocessing_travels_with_the_artifact(loaded, artifact):
   prep = inference.Preprocessing.from_json(export.load(artifact).preprocessing)
   assert prep == loaded.prep and prep.normalization == "standardize"

@@ -149,7 +149,7 @@ def load(path: str) -> ExportedModel:
   except Exception as e:
     raise ExportError(f"cannot deserialize {os.path.join(path, EXPORTED_FILE)} with jax {jax.__version__} "
                       f"(exported with jax {metadata.get('jax_version')}): {type(e).__name__}: {e}") from e
-  platform = jax.default_backend()
+  platform = jax.export.default_export_platform()  # "cuda" or "rocm" where jax.default_backend() says "gpu"
   if platform not in exported.platforms:
     raise ExportError(f"{path} was exported for {list(exported.platforms)}, not for this {platform} backend: "
                       f"re-export with --platforms {platform}.")
