@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import pickle
+import signal
+import time
 
 import grain
 import ml_collections
@@ -212,6 +215,27 @@ def test_workers_give_the_same_batches_as_the_main_process(data_dir):
     it.close()
   assert_batches_equal(expected, got)
   assert json.loads(json.dumps(state)) == state  # per-worker state, checkpointable as JSON
+
+
+def test_workers_outlive_a_sigterm_to_the_whole_job(data_dir):
+  """SLURM and systemd signal every process of a job; the trainer turns SIGTERM into a save, which needs more
+  batches from the workers than they hold ready."""
+  config = make_config(data_dir, augment=ALL_AUGMENT)
+  expected = take(iter(pipeline.create_train_dataset(config)), 40)  # 3 epochs: far beyond grain's buffer
+  config.data.num_workers = 1
+  it = iter(pipeline.create_train_dataset(config))
+  try:
+    got = take(it, 2)
+    workers = multiprocessing.active_children()
+    assert workers
+    for worker in workers:
+      os.kill(worker.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    assert all(worker.is_alive() for worker in workers)
+    got += take(it, 38)
+  finally:
+    it.close()
+  assert_batches_equal(expected, got)
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

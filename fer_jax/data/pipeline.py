@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -140,11 +141,15 @@ class TrainBatch:
 
 
 def _worker_init(worker_index: int, worker_count: int) -> None:
-  """Runs in each grain worker before it reads: one cv2 thread, and JAX (which grain imports) pinned to the CPU.
+  """Runs in each grain worker before it reads: one cv2 thread, JAX (which grain imports) pinned to the CPU, so
+  an accidental device call cannot grab the accelerator the trainer holds, and SIGTERM ignored.
 
-  So an accidental device call cannot grab the accelerator the trainer holds.
+  SLURM, systemd and `kill -- -PGID` signal every process of a job; the trainer takes SIGTERM as a notice to
+  save (fer_jax.preemption), which needs batches up to its next step (multi-process runs: its next log step).
+  grain stops its workers through an event, then SIGKILL.
   """
   del worker_index, worker_count
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
   import cv2  # pylint: disable=g-import-not-at-top
   cv2.setNumThreads(1)
   os.environ["JAX_PLATFORMS"] = "cpu"
