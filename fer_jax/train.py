@@ -103,9 +103,12 @@ def itstime(step: int, every_steps: int, total_steps: int) -> bool:
 
 
 def bakes_addresses(model_kernels: kernels.Kernels) -> bool:
-  """Whether the step calls oneDNN's FFI kernels, whose attributes hold pointers valid in this process only."""
-  conv = getattr(model_kernels.conv, "keywords", {}).get("conv_general_dilated")
-  return conv is kernels.onednn_conv.conv_general_dilated
+  """Whether the step calls oneDNN's FFI kernels, whose attributes hold pointers valid in this process only:
+  float32 (a partial over onednn_conv) or bfloat16 (bf16_conv.Conv, which calls them too)."""
+  conv = model_kernels.conv
+  if isinstance(conv, type) and issubclass(conv, kernels.bf16_conv.Conv):
+    return True
+  return getattr(conv, "keywords", {}).get("conv_general_dilated") is kernels.onednn_conv.conv_general_dilated
 
 
 class Trainer:

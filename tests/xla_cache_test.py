@@ -44,14 +44,22 @@ def test_an_unwritable_folder_turns_the_cache_off_instead_of_failing(tmp_path, r
   assert xla_cache.current_dir() is None
 
 
-def test_onednn_runs_build_the_state_with_flax_kernels_bitwise_equal(tmp_path, synthetic_tiny_dir):
-  """The cacheable init (flax's kernels) gives the parameters oneDNN's init gives, with the training apply_fn."""
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_onednn_runs_build_the_state_with_flax_kernels_bitwise_equal(tmp_path, synthetic_tiny_dir, dtype,
+                                                                    restore_jax_cache):
+  """The cacheable init (flax's kernels) gives the parameters oneDNN's init gives, with the training apply_fn;
+  the cache is off after it (oneDNN's programs hold this process's addresses), in float32 and bfloat16."""
   if not onednn_conv.available():
     pytest.skip("oneDNN's kernels do not load here")
+  if dtype == "bfloat16" and kernels.bf16_conv.unavailable_reason():
+    pytest.skip(kernels.bf16_conv.unavailable_reason())
   config = tiny_config(synthetic_tiny_dir)
-  config.conv_impl = "onednn"
-  config.compilation_cache_dir = ""
+  config.conv_impl, config.dtype = "onednn", dtype
+  config.compilation_cache_dir = str(tmp_path / "cache")
+  assert train.bakes_addresses(kernels.select(config))
   trainer = train.Trainer(config, str(tmp_path / "run"))
+  assert trainer._cache_after_init == ""  # pylint: disable=protected-access
+  assert trainer.startup.cache_scope == "state init only"
   state = trainer._init_state()  # pylint: disable=protected-access
   onednn_setup = model_factory.training_setup(config, trainer.info, kernels.select(config))
   reference = jax.jit(onednn_setup.init)()
