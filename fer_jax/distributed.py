@@ -141,6 +141,14 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is set on any process (the same answer on every process): a SIGTERM that reached only
+  some of them still stops all of them together."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.any(multihost_utils.process_allgather(np.bool_(flag))))
+
+
 def from_process_0(value: Any) -> Any:
   """Process 0's `value` (JSON-serialisable) on every process, so all take the same branch of a loop.
 

@@ -224,10 +224,10 @@ class Trainer:
     return len(bad)
 
   def _preempt_requested(self, notice: dict[str, Any], step: int) -> bool:
-    """A SIGTERM arrived; multi-process runs follow process 0, at log steps, so one clock cannot split them."""
+    """A SIGTERM arrived; multi-process runs ask every process at log steps (to any, all stop together there)."""
     if jax.process_count() == 1:
       return notice["signal"] is not None
-    return itstime(step, self.config.log_every_steps, self.total_steps) and distributed.from_process_0(
+    return itstime(step, self.config.log_every_steps, self.total_steps) and distributed.any_process(
         notice["signal"] is not None)
 
   def _restore_or_init(self, manager: Any, train_iter: Any, writer: Any) -> TrainState:

@@ -75,7 +75,8 @@ def main():
   config = tiny_config(ARGS["data_dir"])
   config.num_train_steps = config.checkpoint_every_steps = config.eval_every_steps = ARGS["steps"]
   config.data.num_workers = 1 if ARGS["train"] else 0
-  out = {"process_count": jax.process_count(), "device_count": jax.device_count()}
+  out = {"process_count": jax.process_count(), "device_count": jax.device_count(),
+         "any_process": [distributed.any_process(pid == 1), distributed.any_process(False)]}
   trainer = train.Trainer(config, ARGS["workdir"])
 
   # The same global batches on every topology: the 1-process stream, each process taking its rows.
@@ -188,6 +189,7 @@ def test_two_processes_match_one_process_and_checkpoint_moves_topology(tmp_path,
            params_out=str(tmp_path / "params1.npz"))], 4, logs1)
 
   assert [(r["process_count"], r["device_count"]) for r in results2] == [(2, 4), (2, 4)]
+  assert [r["any_process"] for r in results2] == [[True, False], [True, False]]  # a SIGTERM on process 1 only
   assert (result1["process_count"], result1["device_count"]) == (1, 4)
   # Every process computed the same (replicated) loss. Across topologies only the order of the
   # float32 gradient all-reduce differs (within a process vs. gloo across processes): rounding-level.
