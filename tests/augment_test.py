@@ -108,9 +108,15 @@ def test_erasing_areas_and_fills():
   assert (fraction > 0.08).all() and (fraction < 0.23).all()  # rounding of h and w
   noise = augment.random_erasing(x.copy(), np.random.default_rng(0), augment.AugmentConfig(erasing_prob=1.0))
   assert ((noise >= 0) & (noise < 1)).all() and (noise != 0.5).any(axis=(1, 2, 3)).all()
-  mean = augment.random_erasing(x.copy(), np.random.default_rng(0),
+  colour = np.random.default_rng(1).random((8, 48, 48, 3), dtype=np.float32)  # channels with different means
+  colour[..., 1] *= 0.5
+  mean = augment.random_erasing(colour.copy(), np.random.default_rng(0),
                                 augment.AugmentConfig(erasing_prob=1.0, erasing_fill="mean"))
-  np.testing.assert_array_equal(mean, x)  # a constant image's mean is the image
+  for image, erased in zip(colour, mean):
+    filled = (erased != image).any(axis=-1)
+    assert 0.01 < filled.mean() < 0.3
+    np.testing.assert_allclose(erased[filled], np.broadcast_to(image.mean(axis=(0, 1)), erased[filled].shape),
+                               rtol=1e-6)  # each channel's own mean over the image
   half = augment.random_erasing(x.copy(), np.random.default_rng(0), augment.AugmentConfig(erasing_prob=0.5))
   assert 16 < (half != 0.5).any(axis=(1, 2, 3)).sum() < 48
 

@@ -8,6 +8,7 @@ import pytest
 
 from fer_jax.kernels import onednn_conv
 from fer_jax.serving import inference, pretrained
+import jaxpr_checks  # tests/, on pytest's path
 
 CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 needs_onednn = pytest.mark.skipif(not onednn_conv.available(), reason="oneDNN's library or a C compiler is missing")
@@ -23,7 +24,10 @@ def bundled() -> inference.LoadedModel:
 def test_onednn_path_equals_the_xla_path_on_the_bundled_model(bundled, tta):
   assert inference.inference_kernels("auto").conv is not nn.Conv  # auto takes oneDNN's where it loads
   faces = np.random.default_rng(7).integers(0, 256, (37, 48, 48, 1), dtype=np.uint8)  # 32 + 4 + 1: three buckets
-  fast = bundled.classifier(batch_size=32, tta=tta)(faces)
+  fast_classifier = bundled.classifier(batch_size=32, tta=tta)
+  program = fast_classifier._fn  # pylint: disable=protected-access  (the jitted probabilities function)
+  assert jaxpr_checks.onednn_calls(program, fast_classifier.variables, faces[:2]) >= 8  # the VGG's 8 convs
+  fast = fast_classifier(faces)
   xla = bundled.classifier(batch_size=32, tta=tta, kernels="xla")(faces)
   np.testing.assert_allclose(fast, xla, rtol=1e-5, atol=1e-6)  # float32 rounding: measured max |diff| 1.2e-7
   assert (fast.argmax(1) == xla.argmax(1)).all()

@@ -12,6 +12,7 @@ from jax import lax
 from fer_jax import models
 from fer_jax.kernels import im2col_conv, pooling
 from fer_jax.kernels.dropout import Dropout
+import jaxpr_checks  # tests/, on pytest's path
 
 IM2COL_CONV = functools.partial(nn.Conv, conv_general_dilated=im2col_conv.conv_general_dilated)
 
@@ -108,7 +109,10 @@ def test_fast_cnn_matches_plain_flax_cnn_in_outputs_and_gradients():
       return jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1)), logits
 
     (loss_ref, logits_ref), grads_ref = jax.value_and_grad(functools.partial(loss, PlainCNN()), has_aux=True)(params)
-    (loss_fast, logits_fast), grads = jax.jit(jax.value_and_grad(functools.partial(loss, fast), has_aux=True))(params)
+    fast_step = jax.value_and_grad(functools.partial(loss, fast), has_aux=True)
+    used = jaxpr_checks.primitives(fast_step, params)
+    assert "conv_general_dilated" not in used and "reduce_window_max" not in used, used  # im2col's, not XLA's
+    (loss_fast, logits_fast), grads = jax.jit(fast_step)(params)
     np.testing.assert_allclose(logits_fast, logits_ref, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(loss_fast, loss_ref, rtol=1e-6)
     for path, g_ref in jax.tree_util.tree_leaves_with_path(grads_ref):
@@ -125,3 +129,5 @@ def test_vgg_with_im2col_matches_vgg_with_lax():
   out_ref, _ = plain.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(8)})
   out, _ = fast.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(8)})
   np.testing.assert_allclose(out, out_ref, rtol=1e-4, atol=1e-5)
+  used = jaxpr_checks.primitives(functools.partial(fast.apply, train=False), variables, x)
+  assert "conv_general_dilated" not in used and "reduce_window_max" not in used, used

@@ -160,12 +160,17 @@ def test_global_batch_must_divide(data_dir):
     pipeline.create_train_dataset(config, process_index=0, process_count=2)
 
 
-def test_augmentation_is_seeded(data_dir):
+def test_augmentation_is_seeded(data_dir, monkeypatch):
   config = make_config(data_dir, augment=ALL_AUGMENT)
   a = take(iter(pipeline.create_train_dataset(config)), 3)
   assert_batches_equal(a, take(iter(pipeline.create_train_dataset(config)), 3))
+  # Another seed augments the same examples differently: the shuffle held fixed, so only augmentation can differ.
+  shuffled = pipeline.ShuffledKeyBatches
+  monkeypatch.setattr(pipeline, "ShuffledKeyBatches", lambda keys, batch_size, seed: shuffled(keys, batch_size, 0))
+  a = take(iter(pipeline.create_train_dataset(config)), 1)
   config.seed = 5
   b = take(iter(pipeline.create_train_dataset(config)), 1)
+  np.testing.assert_array_equal(a[0]["label"], b[0]["label"])  # the same examples
   assert not np.array_equal(a[0]["image"], b[0]["image"])
 
 
@@ -291,6 +296,19 @@ def test_standardize_uses_cached_train_stats(data_dir):
   np.testing.assert_allclose(batch["image"][batch["mask"]],
                              ((unit["image"] - np.float32(mean)) / np.float32(std))[unit["mask"]], rtol=1e-5,
                              atol=1e-5)
+  # A new process reads the statistics from the file rather than recomputing them: doctored, they come back.
+  path = os.path.join(builder.data_dir, stats._STATS_FILE)
+  original = open(path).read()
+  doctored = {key: {**entry, "mean": [0.25] * 3} for key, entry in json.loads(original).items()}
+  try:
+    stats._STATS_CACHE.clear()
+    with open(path, "w") as f:
+      json.dump(doctored, f)
+    assert stats.normalization_stats(config)[0] == pytest.approx([0.25] * 3)
+  finally:
+    with open(path, "w") as f:
+      f.write(original)
+    stats._STATS_CACHE.clear()
 
 
 @pytest.mark.parametrize("split", ["validation", "test"])

@@ -12,6 +12,7 @@ import pytest
 from fer_jax import kernels, models
 from fer_jax.kernels import im2col_conv, onednn_conv
 from im2col_conv_test import CASES, NHWC, check_matches_lax  # tests/, on pytest's path
+import jaxpr_checks  # tests/, on pytest's path
 
 needs_onednn = pytest.mark.skipif(not onednn_conv.available(), reason="oneDNN's library does not load here")
 
@@ -86,7 +87,10 @@ def test_cnn_on_onednn_matches_cnn_on_lax():
     return jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1)), logits
 
   (loss_ref, logits_ref), grads_ref = jax.jit(jax.value_and_grad(functools.partial(loss, plain), has_aux=True))(params)
-  (loss_fast, logits_fast), grads = jax.jit(jax.value_and_grad(functools.partial(loss, fast), has_aux=True))(params)
+  fast_step = jax.value_and_grad(functools.partial(loss, fast), has_aux=True)
+  assert jaxpr_checks.onednn_calls(fast_step, params) >= 3  # CNN's three convolutions run on oneDNN
+  assert "conv_general_dilated" not in jaxpr_checks.primitives(fast_step, params)
+  (loss_fast, logits_fast), grads = jax.jit(fast_step)(params)
   np.testing.assert_allclose(logits_fast, logits_ref, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(loss_fast, loss_ref, rtol=1e-5)
   for path, g_ref in jax.tree_util.tree_leaves_with_path(grads_ref):

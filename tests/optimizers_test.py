@@ -70,10 +70,17 @@ def test_plateau_scale_with_batch_norm_params_named_scale(schedule):
   assert float(optimizers.plateau_scale(state)) == 1.0
 
 
-def test_weight_decay_skips_biases():
-  config = config_for(optimizer="sgd", momentum=0.0, learning_rate=1.0, weight_decay=0.1)
+@pytest.mark.parametrize("optimizer,kernel_update,bias_update", [
+    ("sgd", -0.1 * (2 + 0.01), -0.1 * 2),  # L2 added to the gradient: -lr * (g + wd * w)
+    ("adam", -0.1, -0.1),                    # L2 added to the gradient, then normalised: -lr per first step
+    ("adamw", -0.1 * (1 + 0.01), -0.1),      # decay decoupled from the normalisation: -lr * (g / |g| + wd * w)
+])
+def test_weight_decay_skips_biases_and_each_optimizer_applies_it_as_documented(optimizer, kernel_update,
+                                                                                bias_update):
+  config = config_for(optimizer=optimizer, momentum=0.0, learning_rate=0.1, weight_decay=0.01)
   tx = optimizers.create_optimizer(config, optimizers.create_schedule(config, 1, 1), steps_per_epoch=1)
   params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}
-  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params, value=0.0)
-  np.testing.assert_allclose(updates["kernel"], -0.1)
-  np.testing.assert_allclose(updates["bias"], 0.0)
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 2.0), params)
+  updates, _ = tx.update(grads, tx.init(params), params, value=0.0)
+  np.testing.assert_allclose(updates["kernel"], kernel_update, rtol=1e-5)
+  np.testing.assert_allclose(updates["bias"], bias_update, rtol=1e-5)

@@ -9,6 +9,7 @@ import pytest
 from fer_jax import kernels, model_factory, train, xla_cache
 from fer_jax.kernels import onednn_conv
 from train_test import tiny_config
+import jaxpr_checks  # tests/, on pytest's path
 
 
 @pytest.fixture
@@ -62,6 +63,8 @@ def test_onednn_runs_build_the_state_with_flax_kernels_bitwise_equal(tmp_path, s
   assert trainer.startup.cache_scope == "state init only"
   state = trainer._init_state()  # pylint: disable=protected-access
   onednn_setup = model_factory.training_setup(config, trainer.info, kernels.select(config))
+  assert jaxpr_checks.onednn_calls(trainer._init_state) == 0  # pylint: disable=protected-access
+  assert jaxpr_checks.onednn_calls(onednn_setup.init) > 0  # (the reference does call them)
   reference = jax.jit(onednn_setup.init)()
   assert state.apply_fn == trainer.model.apply
   assert jax.tree.structure(state) == jax.tree.structure(trainer.abstract_state)
