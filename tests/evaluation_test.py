@@ -126,3 +126,7 @@ def test_sample_grid_shows_right_and_wrong_faces_per_class():
   images = np.random.default_rng(0).random((8, 12, 12, 1)).astype(np.float32)
   grid = evaluation.sample_grid_image(images, labels, predictions, ["a", "b", "c"], "t", per_class=4)
   assert grid.dtype == np.uint8 and grid.ndim == 3 and grid.shape[2] == 3 and grid.shape[0] > 100
+  # Frames and titles: 3 faces right in matplotlib's green (0, 128, 0), 4 wrong in red (255, 0, 0).
+  green = np.all(grid == (0, 128, 0), axis=-1).sum()
+  red = np.all(grid == (255, 0, 0), axis=-1).sum()
+  assert 0 < green < red < 2 * green, (green, red)
