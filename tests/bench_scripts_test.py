@@ -13,7 +13,8 @@ one core) and each test waits for its own and checks what it printed. Covered:
 
 Left out: the PyTorch and Keras peers (bench/peers/*_worker.py) unless FER_JAX_PEER_PYTHON imports torch
 (tests/peers_test.py checks them apart); worker_protocol.py is the harness the others run on; mutation_check.py runs the test suite itself many
-times over (minutes), so tests/mutation_check_test.py checks its list and its stale-snippet report instead.
+times over (minutes), so tests/mutation_check_test.py checks its list (bench/mutations.py) and its stale-snippet
+report instead.
 """
 
 from __future__ import annotations
@@ -308,6 +309,7 @@ def test_real_data_bench_scripts_run_on_five_expw_photos(launched, name, expecte
 
 # Bench scripts no test here runs, and why (the module docstring says more).
 LEFT_OUT = {"mutation_check.py": "runs the whole suite many times; tests/mutation_check_test.py checks its list",
+            "mutations.py": "mutation_check.py's catalogue, checked with it by tests/mutation_check_test.py",
             "worker_protocol.py": "the harness train_step.py and its workers run on (covered through them)"}
 
 
