@@ -169,7 +169,7 @@ MUTATIONS: tuple[Mutation, ...] = (
        "  if False:\n    raise DamagedCheckpointError(",
        "tests/checkpoint_integrity_test.py::test_resume_with_every_step_damaged_stops_with_one_line"),
     _m("setup_without_the_state_layout", "the recorded setup leaves out the state's layout (ema_decay, clipping, ...)",
-       "fer_jax/workdir_guard.py", '    setup["state_layout"] = state_layout(abstract_state)', "    pass",
+       "fer_jax/workdir_guard.py", '          "state_layout": state_layout(abstract_state)}', "}",
        "tests/workdir_guard_test.py::"
        "test_a_rerun_that_adds_a_moving_average_is_refused_and_its_checkpoints_are_kept"),
     _m("intact_step_that_does_not_fit_is_moved", "an intact step that does not restore is moved away as damaged",

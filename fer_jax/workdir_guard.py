@@ -113,14 +113,11 @@ def state_layout(abstract_state: Any) -> list[str]:
   return sorted(parts)
 
 
-def setup_of(config: Any, *, image_shape: tuple[int, ...], process_count: int,
-             abstract_state: Any = None) -> dict[str, Any]:
-  """What this run's checkpoints and data order depend on: SETUP_FIELDS, input shape, process count and, given
-  the abstract training state, its layout."""
-  setup = {**_setup_fields(config), "image_shape": list(image_shape), "process_count": process_count}
-  if abstract_state is not None:
-    setup["state_layout"] = state_layout(abstract_state)
-  return setup
+def setup_of(config: Any, *, image_shape: tuple[int, ...], process_count: int, abstract_state: Any) -> dict[str, Any]:
+  """What this run's checkpoints and data order depend on: SETUP_FIELDS, input shape, process count and the
+  training state's layout."""
+  return {**_setup_fields(config), "image_shape": list(image_shape), "process_count": process_count,
+          "state_layout": state_layout(abstract_state)}
 
 
 def _recorded_setup(workdir: str) -> tuple[dict[str, Any] | None, str]:
@@ -157,7 +154,7 @@ def check_setup(workdir: str, setup: dict[str, Any]) -> None:
 
 
 def _change(field: str, old: Any, new: Any) -> str:
-  if field == "state_layout" and isinstance(old, list) and isinstance(new, list):
+  if field == "state_layout":  # Compared only where setup.json recorded it: a list on both sides.
     moved = [f"-{part}" for part in old if part not in new] + [f"+{part}" for part in new if part not in old]
     return (f"state_layout: {' '.join(moved)} (ema_decay 0 or not, grad_clip_norm, weight_decay or "
             "schedule=plateau changed)")
